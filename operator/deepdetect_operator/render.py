@@ -1,0 +1,624 @@
+"""Desired child manifests of a DeepDetectService, computed from its spec: pure, no I/O.
+
+One small builder per child kind (`build_configmap`, `build_service`, `build_deployment`, `build_hpa`,
+`build_pdb`, `build_service_monitor`) and `render_children`, which picks the ones the spec asks for. The
+reconciler server-side-applies what comes out; the `render` CLI prints it. Everything the reconciler
+learned from the cluster (checkpoint digest, secret hash, whether the ServiceMonitor CRD exists) comes in
+through `RenderInputs`, so the same inputs always give byte-identical output and a re-apply is a no-op.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from deepdetect_operator import naming
+from deepdetect_operator.api import (
+    ANNOTATION_CHECKPOINT_DIGEST,
+    ANNOTATION_CONFIG_HASH,
+    ANNOTATION_SECRET_HASH,
+    API_VERSION,
+    DEFAULT_SERVER_IMAGE,
+    KIND,
+    DeepDetectServiceSpec,
+)
+
+Manifest = dict[str, Any]
+
+# Paths and ports of the server pod (docs/CONTRACTS.md).
+HTTP_PORT = 8080
+PORT_NAME = "http"
+CONFIG_DIR = "/etc/deepdetect"
+CONFIG_KEY = "config.yaml"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+MODELS_DIR = "/models"
+CHECKPOINT_PATH = f"{MODELS_DIR}/model.safetensors"
+AUTH_DIR = "/var/run/deepdetect/auth"
+API_KEY_KEY = "api-key"
+API_KEY_PATH = f"{AUTH_DIR}/{API_KEY_KEY}"
+SOURCE_DIR = "/mnt/checkpoint-source"  # where a pvc:// or file:// source is mounted for `fetch`
+READY_PATH = "/v2/health/ready"
+LIVE_PATH = "/v2/health/live"
+METRICS_PATH = "/metrics"
+
+RUN_AS_ID = 10001
+PRESTOP_SLEEP_S = 5  # let endpoints controllers and kube-proxy drop the pod before the server stops
+TERMINATION_SLACK_S = 10  # on top of preStop + the server's own shutdown grace
+REVISION_HISTORY_LIMIT = 5
+STARTUP_BUDGET_S = 600  # model load + warm-up may take minutes on a cold GPU node
+INFLIGHT_METRIC = "deepdetect_inflight_requests"
+
+# Secret keys (= env var names) the `fetch` init container reads from `checkpoint.credentialsSecret`.
+CREDENTIAL_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "DEEPDETECT_HTTP_BEARER_TOKEN",
+)
+
+
+@dataclass(frozen=True)
+class RenderInputs:
+    """Everything a render depends on; the reconciler fills in what it learned from the cluster."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: DeepDetectServiceSpec
+    default_image: str = DEFAULT_SERVER_IMAGE
+    checkpoint_digest: str = ""  # pod-template annotation; fetch gets --sha256 when it is "sha256:<hex>"
+    secret_hash: str = ""  # hash of the data of the Secret the pods read
+    service_monitor_available: bool = False
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """Labels that select the instance's pods (Deployment selector, Service selector, status.selector)."""
+    return naming.selector_labels(name)
+
+
+def api_key_secret_name(name: str, spec: DeepDetectServiceSpec) -> str:
+    """The user's `auth.secretName`, else the name of the Secret the operator generates."""
+    return spec.auth.secret_name or naming.generated_api_key_secret_name(name)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def secret_data_hash(data: dict[str, str] | None) -> str:
+    """Stable hash of a Secret's `data` (for `RenderInputs.secret_hash`); "" when there is none."""
+    if not data:
+        return ""
+    return sha256_text(yaml.safe_dump(dict(sorted(data.items())), sort_keys=True))
+
+
+def owner_reference(inp: RenderInputs) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": inp.name,
+        "uid": inp.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(inp: RenderInputs, name: str, component: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": inp.namespace,
+        "labels": naming.child_labels(inp.name, component),
+        "ownerReferences": [owner_reference(inp)],
+    }
+
+
+def _image(inp: RenderInputs) -> str:
+    return inp.spec.image or inp.default_image
+
+
+def _pin_hex(inp: RenderInputs) -> str:
+    """The sha256 the fetched bytes must have: the spec's pin, else a resolved sha256 digest, else ""."""
+    if inp.spec.model.checkpoint.sha256:
+        return inp.spec.model.checkpoint.sha256
+    if inp.checkpoint_digest.startswith("sha256:"):
+        return inp.checkpoint_digest.removeprefix("sha256:")
+    return ""
+
+
+def shutdown_grace_s(spec: DeepDetectServiceSpec) -> int:
+    """In-flight requests end within their own timeout, so the server waits that long on SIGTERM."""
+    return spec.server.request_timeout_seconds
+
+
+def termination_grace_s(spec: DeepDetectServiceSpec) -> int:
+    return PRESTOP_SLEEP_S + shutdown_grace_s(spec) + TERMINATION_SLACK_S
+
+
+def _auth_enabled(spec: DeepDetectServiceSpec) -> bool:
+    return spec.auth.mode == "apiKey"
+
+
+# ---------------------------------------------------------------- server config (ConfigMap)
+
+
+def render_server_config(inp: RenderInputs) -> dict[str, Any]:
+    """The config.yaml mapping: `deepdetect_server.config.ServerSettings` fields, snake_case."""
+    spec = inp.spec
+    config: dict[str, Any] = {
+        "model_name": inp.name,
+        "checkpoint": CHECKPOINT_PATH,
+        "checkpoint_sha256": spec.model.checkpoint.sha256,
+        "precision": spec.model.precision,
+        "device": "auto",
+        "max_batch_size": spec.batching.max_batch_size,
+        "max_delay_ms": spec.batching.max_delay_ms,
+        "max_queue": spec.batching.max_queue,
+        "request_timeout_s": spec.server.request_timeout_seconds,
+        "max_upload_mb": spec.server.max_upload_mb,
+        "auth_mode": spec.auth.mode,
+        "host": "0.0.0.0",
+        "port": HTTP_PORT,
+        "shutdown_grace_s": shutdown_grace_s(spec),
+        "log_level": "info",
+    }
+    if spec.model.threshold is not None:
+        config["threshold"] = spec.model.threshold
+    if _auth_enabled(spec):
+        config["api_key_file"] = API_KEY_PATH
+    return config
+
+
+def render_config_yaml(inp: RenderInputs) -> str:
+    """config.yaml text, key-sorted so the same spec always hashes the same."""
+    return yaml.safe_dump(render_server_config(inp), sort_keys=True, default_flow_style=False)
+
+
+def config_hash(inp: RenderInputs) -> str:
+    return sha256_text(render_config_yaml(inp))
+
+
+def build_configmap(inp: RenderInputs) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(inp, naming.configmap_name(inp.name), naming.COMPONENT_CONFIG),
+        "data": {CONFIG_KEY: render_config_yaml(inp)},
+    }
+
+
+# ---------------------------------------------------------------- API-key Secret
+
+
+def render_api_key_secret(inp: RenderInputs, api_key: str) -> Manifest:
+    """The generated API-key Secret: the reconciler creates it once and never overwrites it."""
+    encoded = base64.b64encode(api_key.encode()).decode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(inp, api_key_secret_name(inp.name, inp.spec), naming.COMPONENT_AUTH),
+        "data": {API_KEY_KEY: encoded},
+    }
+
+
+# ---------------------------------------------------------------- Service
+
+
+def build_service(inp: RenderInputs) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(inp, naming.service_name(inp.name), naming.COMPONENT_INFERENCE),
+        "spec": {
+            "type": inp.spec.service.type,
+            "selector": selector_labels(inp.name),
+            "ports": [
+                {
+                    "name": PORT_NAME,
+                    "port": inp.spec.service.port,
+                    "targetPort": PORT_NAME,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def endpoint(inp: RenderInputs) -> str:
+    """In-cluster URL of the Service (for `status.endpoint`)."""
+    return f"http://{naming.service_name(inp.name)}.{inp.namespace}.svc:{inp.spec.service.port}"
+
+
+# ---------------------------------------------------------------- Deployment: pieces
+
+
+def _restricted_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_ID,
+        "runAsGroup": RUN_AS_ID,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_ID,
+        "runAsGroup": RUN_AS_ID,
+        "fsGroup": RUN_AS_ID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _resources(spec: DeepDetectServiceSpec) -> dict[str, Any]:
+    res = spec.resources
+    requests = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
+    if res.gpus > 0:
+        limits[res.gpu_resource] = str(res.gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def _checkpoint_source(inp: RenderInputs) -> tuple[str, Manifest | None]:
+    """(URI the fetch container reads, volume holding the source or None) for the spec's checkpoint URI.
+
+    pvc://CLAIM/PATH (the claim) and file:///PATH (the node's file, hostPath type File) are mounted
+    read-only under SOURCE_DIR and fetched as file:// from there, so `fetch` verifies and copies them like
+    any other source. http(s):// and s3:// pass through.
+    """
+    uri = inp.spec.model.checkpoint.uri
+    parts = urlsplit(uri)
+    if parts.scheme == "pvc":
+        path = parts.path.lstrip("/")
+        volume = {
+            "name": "checkpoint-source",
+            "persistentVolumeClaim": {"claimName": parts.netloc, "readOnly": True},
+        }
+        return f"file://{SOURCE_DIR}/{path}", volume
+    if parts.scheme == "file":
+        host_path = _file_path(uri)
+        volume = {"name": "checkpoint-source", "hostPath": {"path": host_path, "type": "File"}}
+        return f"file://{SOURCE_DIR}/{posixpath.basename(host_path)}", volume
+    return uri, None
+
+
+def _file_path(uri: str) -> str:
+    """Absolute node path of a file:// URI (file:///a/b and file://a/b both mean /a/b)."""
+    parts = urlsplit(uri)
+    return posixpath.normpath("/" + (parts.netloc + parts.path).lstrip("/"))
+
+
+def _source_mount_path(inp: RenderInputs) -> str:
+    uri = inp.spec.model.checkpoint.uri
+    if uri.startswith("file://"):
+        return f"{SOURCE_DIR}/{posixpath.basename(_file_path(uri))}"
+    return SOURCE_DIR
+
+
+def _fetch_env(inp: RenderInputs) -> list[dict[str, Any]]:
+    ckpt = inp.spec.model.checkpoint
+    env: list[dict[str, Any]] = []
+    if ckpt.s3_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": ckpt.s3_endpoint})
+    if ckpt.credentials_secret:
+        for key in CREDENTIAL_ENV:
+            ref = {"name": ckpt.credentials_secret, "key": key, "optional": True}
+            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def build_fetch_container(inp: RenderInputs) -> Manifest:
+    """Init container: download (or copy) the checkpoint into the `models` emptyDir and verify it."""
+    uri, source_volume = _checkpoint_source(inp)
+    command = ["deepdetect-server", "fetch", "--uri", uri]
+    pin = _pin_hex(inp)
+    if pin:
+        command += ["--sha256", pin]
+    command += ["--dest", CHECKPOINT_PATH]
+    mounts = [{"name": "models", "mountPath": MODELS_DIR}, {"name": "tmp", "mountPath": "/tmp"}]
+    if source_volume is not None:
+        mounts.append({"name": "checkpoint-source", "mountPath": _source_mount_path(inp), "readOnly": True})
+    container: Manifest = {
+        "name": "fetch",
+        "image": _image(inp),
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "env": [{"name": "HOME", "value": "/tmp"}, *_fetch_env(inp)],
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"cpu": "1", "memory": "1Gi"},
+        },
+        "securityContext": _restricted_security_context(),
+        "volumeMounts": mounts,
+    }
+    return container
+
+
+def _http_probe(path: str, period: int, failures: int, timeout: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": PORT_NAME, "scheme": "HTTP"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+        "successThreshold": 1,
+    }
+
+
+def build_server_container(inp: RenderInputs) -> Manifest:
+    mounts = [
+        {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+    ]
+    if _auth_enabled(inp.spec):
+        mounts.append({"name": "api-key", "mountPath": AUTH_DIR, "readOnly": True})
+    return {
+        "name": "server",
+        "image": _image(inp),
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["deepdetect-server", "serve", "--config", CONFIG_PATH],
+        "ports": [{"name": PORT_NAME, "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "env": [
+            # Read-only root filesystem: every cache torch/timm/HF might write goes to the tmp emptyDir.
+            {"name": "HOME", "value": "/tmp"},
+            {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
+            {"name": "TORCH_HOME", "value": "/tmp/torch"},
+            {"name": "HF_HOME", "value": "/tmp/huggingface"},
+        ],
+        "resources": _resources(inp.spec),
+        "startupProbe": _http_probe(READY_PATH, period=5, failures=STARTUP_BUDGET_S // 5, timeout=2),
+        "readinessProbe": _http_probe(READY_PATH, period=5, failures=3, timeout=2),
+        "livenessProbe": _http_probe(LIVE_PATH, period=10, failures=3, timeout=5),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}},
+        "securityContext": _restricted_security_context(),
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def _volumes(inp: RenderInputs) -> list[Manifest]:
+    volumes: list[Manifest] = [
+        {"name": "models", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+        {"name": "config", "configMap": {"name": naming.configmap_name(inp.name)}},
+    ]
+    if _auth_enabled(inp.spec):
+        secret = {
+            "secretName": api_key_secret_name(inp.name, inp.spec),
+            "items": [{"key": API_KEY_KEY, "path": API_KEY_KEY}],
+            "defaultMode": 0o440,
+        }
+        volumes.append({"name": "api-key", "secret": secret})
+    _, source_volume = _checkpoint_source(inp)
+    if source_volume is not None:
+        volumes.append(source_volume)
+    return volumes
+
+
+def _tolerations(spec: DeepDetectServiceSpec) -> list[dict[str, Any]]:
+    """The user's tolerations, plus one for the usual `<gpu resource>:NoSchedule` taint of GPU nodes."""
+    tolerations = [dict(t) for t in spec.scheduling.tolerations]
+    if spec.resources.gpus > 0 and not any(t.get("key") == spec.resources.gpu_resource for t in tolerations):
+        tolerations.append({"key": spec.resources.gpu_resource, "operator": "Exists", "effect": "NoSchedule"})
+    return tolerations
+
+
+def _scheduling(spec: DeepDetectServiceSpec) -> dict[str, Any]:
+    sched = spec.scheduling
+    out: dict[str, Any] = {}
+    if sched.node_selector:
+        out["nodeSelector"] = dict(sched.node_selector)
+    tolerations = _tolerations(spec)
+    if tolerations:
+        out["tolerations"] = tolerations
+    if sched.affinity:
+        out["affinity"] = sched.affinity
+    if sched.priority_class_name:
+        out["priorityClassName"] = sched.priority_class_name
+    return out
+
+
+def _pod_annotations(inp: RenderInputs) -> dict[str, str]:
+    return {
+        ANNOTATION_CHECKPOINT_DIGEST: inp.checkpoint_digest,
+        ANNOTATION_CONFIG_HASH: config_hash(inp),
+        ANNOTATION_SECRET_HASH: inp.secret_hash,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(HTTP_PORT),
+        "prometheus.io/path": METRICS_PATH,
+    }
+
+
+def build_pod_template(inp: RenderInputs) -> Manifest:
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security_context(),
+        "terminationGracePeriodSeconds": termination_grace_s(inp.spec),
+        **_scheduling(inp.spec),
+        "initContainers": [build_fetch_container(inp)],
+        "containers": [build_server_container(inp)],
+        "volumes": _volumes(inp),
+    }
+    return {
+        "metadata": {
+            "labels": naming.pod_labels(inp.name, naming.COMPONENT_INFERENCE),
+            "annotations": _pod_annotations(inp),
+        },
+        "spec": pod_spec,
+    }
+
+
+def build_deployment(inp: RenderInputs) -> Manifest:
+    """The inference Deployment; no `spec.replicas` while the HPA owns it."""
+    spec = inp.spec
+    dep_spec: dict[str, Any] = {}
+    if not spec.autoscaling.enabled:
+        dep_spec["replicas"] = spec.replicas
+    dep_spec |= {
+        "selector": {"matchLabels": selector_labels(inp.name)},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {
+                "maxSurge": spec.rollout.max_surge,
+                "maxUnavailable": spec.rollout.max_unavailable,
+            },
+        },
+        "progressDeadlineSeconds": spec.rollout.progress_deadline_seconds,
+        "revisionHistoryLimit": REVISION_HISTORY_LIMIT,
+        "template": build_pod_template(inp),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(inp, naming.deployment_name(inp.name), naming.COMPONENT_INFERENCE),
+        "spec": dep_spec,
+    }
+
+
+# ---------------------------------------------------------------- HPA, PDB, ServiceMonitor
+
+
+def _hpa_metrics(spec: DeepDetectServiceSpec) -> list[dict[str, Any]]:
+    auto = spec.autoscaling
+    metrics: list[dict[str, Any]] = [
+        {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": auto.target_cpu_utilization},
+            },
+        }
+    ]
+    if auto.target_inflight_per_pod > 0:
+        metrics.append(
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": INFLIGHT_METRIC},
+                    "target": {"type": "AverageValue", "averageValue": str(auto.target_inflight_per_pod)},
+                },
+            }
+        )
+    return metrics
+
+
+def _hpa_behavior() -> dict[str, Any]:
+    """Scale up at once (a GPU pod takes minutes to start), scale down slowly and by halves at most."""
+    return {
+        "scaleUp": {
+            "stabilizationWindowSeconds": 0,
+            "selectPolicy": "Max",
+            "policies": [
+                {"type": "Pods", "value": 4, "periodSeconds": 60},
+                {"type": "Percent", "value": 100, "periodSeconds": 60},
+            ],
+        },
+        "scaleDown": {
+            "stabilizationWindowSeconds": 300,
+            "selectPolicy": "Min",
+            "policies": [{"type": "Percent", "value": 50, "periodSeconds": 60}],
+        },
+    }
+
+
+def build_hpa(inp: RenderInputs) -> Manifest:
+    auto = inp.spec.autoscaling
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(inp, naming.hpa_name(inp.name), naming.COMPONENT_AUTOSCALER),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": naming.deployment_name(inp.name),
+            },
+            "minReplicas": auto.min_replicas,
+            "maxReplicas": max(auto.max_replicas, auto.min_replicas),
+            "metrics": _hpa_metrics(inp.spec),
+            "behavior": _hpa_behavior(),
+        },
+    }
+
+
+def guaranteed_replicas(spec: DeepDetectServiceSpec) -> int:
+    """Pods the spec always asks for: `replicas`, or the HPA's floor while autoscaling."""
+    return spec.autoscaling.min_replicas if spec.autoscaling.enabled else spec.replicas
+
+
+def _pdb_budget(spec: DeepDetectServiceSpec) -> dict[str, int]:
+    """`minAvailable` from the spec, unless it would block every eviction.
+
+    With `minAvailable >= replicas` (the default 1 of 1) a PDB makes `kubectl drain` hang forever. Then we
+    render `maxUnavailable: 1` instead: drains proceed one pod at a time. The PDB always exists, so the
+    set of children does not change when someone scales.
+    """
+    min_available = spec.disruption.min_available
+    if min_available < guaranteed_replicas(spec):
+        return {"minAvailable": min_available}
+    return {"maxUnavailable": 1}
+
+
+def build_pdb(inp: RenderInputs) -> Manifest:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(inp, naming.pdb_name(inp.name), naming.COMPONENT_DISRUPTION),
+        "spec": {
+            **_pdb_budget(inp.spec),
+            "selector": {"matchLabels": selector_labels(inp.name)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def build_service_monitor(inp: RenderInputs) -> Manifest:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": _metadata(inp, naming.service_monitor_name(inp.name), naming.COMPONENT_MONITORING),
+        "spec": {
+            "selector": {
+                "matchLabels": {
+                    **selector_labels(inp.name),
+                    naming.LABEL_COMPONENT: naming.COMPONENT_INFERENCE,
+                }
+            },
+            "namespaceSelector": {"matchNames": [inp.namespace]},
+            "endpoints": [{"port": PORT_NAME, "path": METRICS_PATH, "interval": "30s", "scheme": "http"}],
+        },
+    }
+
+
+# ---------------------------------------------------------------- the picker
+
+
+def render_children(inp: RenderInputs) -> list[Manifest]:
+    """All children the spec asks for, except the generated API-key Secret (see `render_api_key_secret`).
+
+    Order: what the pods read first (ConfigMap), then Service, Deployment, HPA, PDB, ServiceMonitor.
+    """
+    children = [build_configmap(inp), build_service(inp), build_deployment(inp)]
+    if inp.spec.autoscaling.enabled:
+        children.append(build_hpa(inp))
+    children.append(build_pdb(inp))
+    if inp.spec.monitoring.service_monitor and inp.service_monitor_available:
+        children.append(build_service_monitor(inp))
+    return children
