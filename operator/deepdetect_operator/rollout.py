@@ -309,7 +309,7 @@ def _terminated_nonzero(cs: dict[str, Any]) -> bool:
 def _stuck(cs: dict[str, Any]) -> str | None:
     """Why this container will not come up on its own, or None while it still may."""
     state = cs.get("state") or {}
-    if (state.get("running") and cs.get("ready")) or (state.get("terminated") or {}).get("exitCode") == 0:
+    if ("running" in state and cs.get("ready")) or (state.get("terminated") or {}).get("exitCode") == 0:
         return None  # came up (or, for an init container, finished) after all
     waiting = state.get("waiting") or {}
     restarts = cs.get("restartCount") or 0
