@@ -128,3 +128,39 @@ def rules_set(rules: Iterable[dict[str, Any]]) -> set[tuple[str, str, str]]:
                 for verb in rule.get("verbs", []):
                     out.add((group, resource, verb))
     return out
+
+
+def restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
+    """What keeps a pod spec from the `restricted` Pod Security Standard (the subset that applies to us).
+
+    The namespace enforces `restricted`, so a violation here would be a pod the API server refuses.
+    """
+    problems: list[str] = []
+    pod_sc = pod_spec.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod_spec.get(key):
+            problems.append(f"{key} set")
+    for vol in pod_spec.get("volumes", []):
+        if "hostPath" in vol:
+            problems.append(f"hostPath volume {vol['name']}")
+    pod_seccomp = pod_sc.get("seccompProfile", {}).get("type")
+    for ctr in pod_spec.get("initContainers", []) + pod_spec.get("containers", []):
+        sc = ctr.get("securityContext", {})
+        name = ctr["name"]
+        if not (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot")):
+            problems.append(f"{name}: runAsNonRoot not true")
+        if (sc.get("runAsUser", pod_sc.get("runAsUser"))) == 0:
+            problems.append(f"{name}: runs as UID 0")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation not false")
+        if sc.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            problems.append(f"{name}: capabilities not dropped")
+        if sc.get("capabilities", {}).get("add"):
+            problems.append(f"{name}: adds capabilities")
+        if sc.get("seccompProfile", {}).get("type", pod_seccomp) not in {"RuntimeDefault", "Localhost"}:
+            problems.append(f"{name}: no RuntimeDefault seccomp profile")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{name}: root filesystem writable")
+    return problems
