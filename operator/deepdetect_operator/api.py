@@ -7,9 +7,10 @@ camelCase on the wire (`alias_generator=to_camel`); always dump with `by_alias=T
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "deepdetect.io"
@@ -36,11 +37,13 @@ class CheckpointSpec(_Model):
     uri: str = Field(
         ...,
         min_length=1,
+        max_length=2048,
         pattern=r"^(file|https?|s3|pvc)://.+",
-        description="file:// (node/PVC path), http(s)://, s3://bucket/key or pvc://CLAIM/PATH",
+        description="file:///PATH (node file, hostPath), http(s)://, s3://BUCKET/KEY or pvc://CLAIM/PATH",
     )
     sha256: str = Field(
         "",
+        max_length=64,
         pattern=r"^([0-9a-f]{64})?$",
         description="optional pin (64 hex chars): pods refuse other bytes; required for pvc://",
     )
@@ -49,83 +52,131 @@ class CheckpointSpec(_Model):
         pattern=r"^(0|([0-9]+(\.[0-9]+)?(ms|s|m|h))+)$",
         description="re-resolve the digest this often; 0 = only on spec change",
     )
-    credentials_secret: str = Field("", description="Secret with s3/http credentials in the CR's namespace")
-    s3_endpoint: str = Field("", description="custom S3 endpoint URL (MinIO and friends)")
+    credentials_secret: str = Field(
+        "",
+        max_length=253,
+        description="Secret in the CR's namespace with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_REGION"
+        " (s3) or token / username+password (http)",
+    )
+    s3_endpoint: str = Field("", max_length=2048, description="custom S3 endpoint URL (MinIO and friends)")
+
+    @model_validator(mode="after")
+    def _uri_form(self) -> CheckpointSpec:
+        # Mirrors the CEL rules in crd.py, so the operator rejects what the API server rejects.
+        if self.uri.startswith("pvc://"):
+            if not self.sha256:
+                raise ValueError("checkpoint.sha256 is required for pvc:// URIs")
+            if not re.match(r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+$", self.uri):
+                raise ValueError("pvc:// URIs take the form pvc://CLAIM/PATH")
+        if self.uri.startswith("s3://") and not re.match(r"^s3://[^/]+/.+$", self.uri):
+            raise ValueError("s3:// URIs take the form s3://BUCKET/KEY")
+        return self
 
 
 class ModelSpec(_Model):
-    architecture: str = Field("efficientnet_b4", min_length=1, description="timm model name")
-    input_size: int = Field(380, ge=16, le=4096)
-    precision: Literal["fp32", "fp16", "bf16"] = "fp16"
-    checkpoint: CheckpointSpec
+    architecture: str = Field("efficientnet_b4", min_length=1, max_length=128, description="timm model name")
+    input_size: int = Field(380, ge=16, le=4096, description="square input resolution in pixels")
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp16", description="inference precision (fp16/bf16 fall back to fp32 on CPU)"
+    )
+    checkpoint: CheckpointSpec = Field(..., description="where the .safetensors checkpoint comes from")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="overrides the checkpoint's own")
 
 
 class AutoscalingSpec(_Model):
-    enabled: bool = True
-    min_replicas: int = Field(1, ge=1)
-    max_replicas: int = Field(8, ge=1)
-    target_cpu_utilization: int = Field(70, ge=1, le=100, alias="targetCPUUtilization")
+    enabled: bool = Field(True, description="render an HPA (autoscaling/v2) that owns the replica count")
+    min_replicas: int = Field(1, ge=1, description="HPA floor")
+    max_replicas: int = Field(8, ge=1, description="HPA ceiling (>= minReplicas)")
+    target_cpu_utilization: int = Field(
+        70, ge=1, le=100, alias="targetCPUUtilization", description="average CPU utilization target, %"
+    )
     target_inflight_per_pod: int = Field(
         0, ge=0, description=">0 adds a Pods metric deepdetect_inflight_requests (needs a metrics adapter)"
     )
 
+    @model_validator(mode="after")
+    def _min_le_max(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+        return self
+
 
 class ResourcesSpec(_Model):
-    gpus: int = Field(1, ge=0, le=16)
-    gpu_resource: str = Field("nvidia.com/gpu", min_length=1)
-    cpu: str = Field("4", pattern=r"^[0-9]+(\.[0-9]+)?m?$")
-    memory: str = Field("16Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+    gpus: int = Field(1, ge=0, le=16, description="GPUs per pod (limits[gpuResource]); 0 = CPU only")
+    gpu_resource: str = Field(
+        "nvidia.com/gpu", min_length=1, max_length=253, description="extended resource name of the GPU"
+    )
+    cpu: str = Field("4", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request and limit per pod")
+    memory: str = Field(
+        "16Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$", description="memory request and limit"
+    )
 
 
 class SchedulingSpec(_Model):
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
-    affinity: dict[str, Any] = Field(default_factory=dict)
-    priority_class_name: str = ""
+    node_selector: dict[str, str] = Field(default_factory=dict, description="pod nodeSelector")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="pod tolerations (core/v1 Toleration); one for the GPU taint is added when gpus>0",
+    )
+    affinity: dict[str, Any] = Field(default_factory=dict, description="pod affinity (core/v1 Affinity)")
+    priority_class_name: str = Field("", max_length=253, description="pod priorityClassName")
 
 
 class BatchingSpec(_Model):
-    max_batch_size: int = Field(32, ge=1, le=1024)
-    max_delay_ms: int = Field(5, ge=0, le=10_000)
-    max_queue: int = Field(256, ge=1, le=100_000)
+    max_batch_size: int = Field(32, ge=1, le=1024, description="a batch runs when it has this many images")
+    max_delay_ms: int = Field(5, ge=0, le=10_000, description="... or when its first image waited this long")
+    max_queue: int = Field(256, ge=1, le=100_000, description="queued images beyond this get 503")
 
 
 class ServerSpec(_Model):
-    max_upload_mb: int = Field(50, ge=1, le=1024)
-    request_timeout_seconds: int = Field(30, ge=1, le=3600)
+    max_upload_mb: int = Field(50, ge=1, le=1024, alias="maxUploadMB", description="request body limit (413)")
+    request_timeout_seconds: int = Field(
+        30, ge=1, le=3600, description="per-request timeout (503); also the server's shutdown grace"
+    )
 
 
 class AuthSpec(_Model):
-    mode: Literal["apiKey", "none"] = "apiKey"
+    mode: Literal["apiKey", "none"] = Field("apiKey", description="apiKey: Authorization: Bearer <key>")
     secret_name: str = Field(
-        "", description="Secret with key 'api-key'; generated when empty, never overwritten"
+        "", max_length=253, description="Secret with key 'api-key'; generated when empty, never overwritten"
     )
 
 
 class RolloutSpec(_Model):
-    max_surge: int = Field(1, ge=0)
-    max_unavailable: int = Field(0, ge=0)
-    progress_deadline_seconds: int = Field(600, ge=30)
-    auto_rollback: bool = True
+    max_surge: int = Field(1, ge=0, description="Deployment RollingUpdate maxSurge")
+    max_unavailable: int = Field(0, ge=0, description="Deployment RollingUpdate maxUnavailable")
+    progress_deadline_seconds: int = Field(
+        600, ge=30, description="a rollout not done by then is Degraded (RolloutFailed)"
+    )
+    auto_rollback: bool = Field(True, description="on RolloutFailed, pin the pods back to lastGoodDigest")
+
+    @model_validator(mode="after")
+    def _can_progress(self) -> RolloutSpec:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError("rollout.maxSurge and rollout.maxUnavailable cannot both be 0")
+        return self
 
 
 class DisruptionSpec(_Model):
-    min_available: int = Field(1, ge=0)
+    min_available: int = Field(
+        1,
+        ge=0,
+        description="PDB minAvailable; rendered as maxUnavailable 1 when it would block every eviction",
+    )
 
 
 class MonitoringSpec(_Model):
-    service_monitor: bool = False
+    service_monitor: bool = Field(False, description="render a ServiceMonitor (when its CRD exists)")
 
 
 class ServiceSpec(_Model):
-    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
-    port: int = Field(80, ge=1, le=65535)
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field("ClusterIP", description="Service type")
+    port: int = Field(80, ge=1, le=65535, description="Service port (targets the pods' 8080)")
 
 
 class DeepDetectServiceSpec(_Model):
-    model: ModelSpec
-    image: str = Field("", description="server image; the operator's default when empty")
+    model: ModelSpec = Field(..., description="the model to serve")
+    image: str = Field("", max_length=512, description="server image; the operator's default when empty")
     replicas: int = Field(1, ge=0, description="ignored while autoscaling is enabled")
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -137,6 +188,15 @@ class DeepDetectServiceSpec(_Model):
     disruption: DisruptionSpec = Field(default_factory=DisruptionSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     service: ServiceSpec = Field(default_factory=ServiceSpec)
+
+    @model_validator(mode="after")
+    def _disruption_fits(self) -> DeepDetectServiceSpec:
+        ceiling = self.autoscaling.max_replicas if self.autoscaling.enabled else self.replicas
+        if ceiling and self.disruption.min_available > ceiling:
+            raise ValueError(
+                "disruption.minAvailable must not exceed replicas (or autoscaling.maxReplicas)"
+            )
+        return self
 
 
 # ---------------------------------------------------------------- status

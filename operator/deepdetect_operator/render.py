@@ -54,13 +54,17 @@ REVISION_HISTORY_LIMIT = 5
 STARTUP_BUDGET_S = 600  # model load + warm-up may take minutes on a cold GPU node
 INFLIGHT_METRIC = "deepdetect_inflight_requests"
 
-# Secret keys (= env var names) the `fetch` init container reads from `checkpoint.credentialsSecret`.
+# (env var of the `fetch` init container, key in `checkpoint.credentialsSecret`): the same keys the
+# operator's checkpoint resolver reads (checkpoints.py), each optional.
 CREDENTIAL_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_REGION",
-    "DEEPDETECT_HTTP_BEARER_TOKEN",
+    ("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"),
+    ("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"),
+    ("AWS_SESSION_TOKEN", "AWS_SESSION_TOKEN"),
+    ("AWS_REGION", "AWS_REGION"),
+    ("AWS_DEFAULT_REGION", "AWS_DEFAULT_REGION"),
+    ("DEEPDETECT_FETCH_TOKEN", "token"),
+    ("DEEPDETECT_FETCH_USERNAME", "username"),
+    ("DEEPDETECT_FETCH_PASSWORD", "password"),
 )
 
 
@@ -315,9 +319,9 @@ def _fetch_env(inp: RenderInputs) -> list[dict[str, Any]]:
     if ckpt.s3_endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": ckpt.s3_endpoint})
     if ckpt.credentials_secret:
-        for key in CREDENTIAL_ENV:
+        for env_name, key in CREDENTIAL_ENV:
             ref = {"name": ckpt.credentials_secret, "key": key, "optional": True}
-            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+            env.append({"name": env_name, "valueFrom": {"secretKeyRef": ref}})
     return env
 
 
