@@ -42,7 +42,7 @@ CHECKPOINT_PATH = f"{MODELS_DIR}/model.safetensors"
 AUTH_DIR = "/var/run/deepdetect/auth"
 API_KEY_KEY = "api-key"
 API_KEY_PATH = f"{AUTH_DIR}/{API_KEY_KEY}"
-SOURCE_DIR = "/mnt/checkpoint-source"  # where a pvc:// or file:// source is mounted for `fetch`
+SOURCE_DIR = "/mnt/checkpoint-source"  # pvc:// claim / file:// source for `fetch` (its --source-root)
 READY_PATH = "/v2/health/ready"
 LIVE_PATH = "/v2/health/live"
 METRICS_PATH = "/metrics"
@@ -280,19 +280,19 @@ def _resources(spec: DeepDetectServiceSpec) -> dict[str, Any]:
 def _checkpoint_source(inp: RenderInputs) -> tuple[str, Manifest | None]:
     """(URI the fetch container reads, volume holding the source or None) for the spec's checkpoint URI.
 
-    pvc://CLAIM/PATH (the claim) and file:///PATH (the node's file, hostPath type File) are mounted
-    read-only under SOURCE_DIR and fetched as file:// from there, so `fetch` verifies and copies them like
-    any other source. http(s):// and s3:// pass through.
+    pvc://CLAIM/PATH: the claim is mounted read-only at SOURCE_DIR, where `fetch` looks for pvc:// paths
+    (it refuses PATHs that climb out). file:///PATH: the node's file (hostPath, type File) is mounted
+    read-only under SOURCE_DIR and fetched as file:// from there. Either way `fetch` verifies and copies
+    the bytes like any other source. http(s):// and s3:// pass through.
     """
     uri = inp.spec.model.checkpoint.uri
     parts = urlsplit(uri)
     if parts.scheme == "pvc":
-        path = parts.path.lstrip("/")
         volume = {
             "name": "checkpoint-source",
             "persistentVolumeClaim": {"claimName": parts.netloc, "readOnly": True},
         }
-        return f"file://{SOURCE_DIR}/{path}", volume
+        return uri, volume
     if parts.scheme == "file":
         host_path = _file_path(uri)
         volume = {"name": "checkpoint-source", "hostPath": {"path": host_path, "type": "File"}}
@@ -348,6 +348,8 @@ def build_fetch_container(inp: RenderInputs) -> Manifest:
         },
         "securityContext": _restricted_security_context(),
         "volumeMounts": mounts,
+        # fetch writes its failure reason to /dev/termination-log; status shows it (CheckpointFetchFailed).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     return container
 

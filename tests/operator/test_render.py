@@ -360,7 +360,7 @@ FETCH_CASES = [
     (
         "pin-wins",
         inputs(spec=CASES["pvc"].spec, checkpoint_digest="sha256:" + "f" * 64),
-        "file:///mnt/checkpoint-source/b4/model.safetensors",
+        "pvc://models/b4/model.safetensors",
         HEX,
     ),
     ("hostpath", CASES["hostpath"], "file:///mnt/checkpoint-source/b4.safetensors", None),
