@@ -27,8 +27,12 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# crds/ is generated from api.py; kustomize (load restrictor) and Helm (.Files) cannot read outside their
+# roots, so the packaging keeps byte-identical copies, checked by tests/packaging.
+CRD_COPIES := manifests/base/crds charts/deepdetect-operator/files/crds
 crds: venv
 	$(BIN)/deepdetect-operator crd > crds/deepdetectservices.deepdetect.io.yaml
+	for d in $(CRD_COPIES); do cp crds/deepdetectservices.deepdetect.io.yaml $$d/; done
 
 bench: venv
 	$(BIN)/python bench/server.py
