@@ -11,6 +11,7 @@ is stale. `validate_cr` checks a CR the way the API server would (schema + defau
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -351,3 +352,45 @@ def validate_cr(obj: dict[str, Any]) -> list[str]:
     if errors:
         return errors
     return _cel_errors(defaulted.get("spec", {}))
+
+
+# ---------------------------------------------------------------- reference table for docs/operator.md
+
+
+def _type_of(node: Schema) -> str:
+    if "enum" in node:
+        return " \\| ".join(f"`{v}`" if v != "" else '`""`' for v in node["enum"])
+    kind = str(node.get("type", "any"))
+    if kind == "array":
+        kind = f"list of {node.get('items', {}).get('type', 'any')}"
+    elif kind == "object" and isinstance(node.get("additionalProperties"), dict):
+        kind = f"map of {node['additionalProperties'].get('type', 'any')}"
+    bounds = [
+        f">= {node['minimum']}" if "minimum" in node else "",
+        f"<= {node['maximum']}" if "maximum" in node else "",
+    ]
+    text = " ".join([kind, *(b for b in bounds if b)])
+    return f"{text}, nullable" if node.get("nullable") else text
+
+
+def _default_of(node: Schema, required: bool) -> str:
+    if required:
+        return "**required**"
+    if "default" in node:
+        return f"`{json.dumps(node['default'])}`"
+    return "`null`" if node.get("nullable") else "empty"
+
+
+def _rows(node: Schema, path: str, required: bool) -> list[str]:
+    props = node.get("properties")
+    if props and not node.get("x-kubernetes-preserve-unknown-fields"):
+        req = set(node.get("required", []))
+        return [row for name, sub in props.items() for row in _rows(sub, f"{path}.{name}", name in req)]
+    desc = node.get("description", "").replace("|", "\\|")
+    return [f"| `{path}` | {_type_of(node)} | {_default_of(node, required)} | {desc} |"]
+
+
+def reference_markdown() -> str:
+    """The spec field table in docs/operator.md (a test keeps the two equal)."""
+    header = ["| Field | Type | Default | Description |", "|---|---|---|---|"]
+    return "\n".join(header + _rows(spec_schema(), "spec", True)) + "\n"

@@ -21,6 +21,7 @@ from deepdetect_operator.crd import (
     build_crd,
     crd_yaml,
     open_api_schema,
+    reference_markdown,
     spec_schema,
     validate_cr,
 )
@@ -40,6 +41,14 @@ def make_cr(**spec: Any) -> dict[str, Any]:
         "metadata": {"name": "faces", "namespace": "ns"},
         "spec": base,
     }
+
+
+def test_docs_reference_table_is_up_to_date() -> None:
+    docs = (REPO / "docs" / "operator.md").read_text()
+    assert reference_markdown() in docs, (
+        "docs/operator.md spec table is stale: paste the output of "
+        "`python -c 'from deepdetect_operator.crd import reference_markdown as r; print(r())'`"
+    )
 
 
 def test_crd_file_is_up_to_date() -> None:
