@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import posixpath
 import re
 import threading
 from collections import OrderedDict
@@ -111,10 +112,9 @@ _file_cache_lock = threading.Lock()
 
 
 def _file_path(uri: str) -> str:
-    rest = uri[len("file://") :]
-    if rest.startswith("localhost/"):
-        rest = rest[len("localhost") :]
-    return unquote(rest.split("?", 1)[0])
+    # file:///a/b and file://a/b both mean /a/b: the renderer mounts the same path into the fetch container.
+    parts = urlsplit(uri)
+    return posixpath.normpath("/" + unquote(parts.netloc + parts.path).lstrip("/"))
 
 
 def _hash_file(path: str) -> tuple[tuple[str, int, int], str]:

@@ -265,3 +265,12 @@ async def test_s3_unreachable_endpoint_is_an_error() -> None:
 async def test_bad_s3_uri_is_an_error() -> None:
     with pytest.raises(CheckpointResolveError, match="expected s3://BUCKET/KEY"):
         await resolve_checkpoint(unchecked("s3://bucket-only"))
+
+
+async def test_file_uri_without_third_slash_is_absolute(tmp_path: Path) -> None:
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(b"x")
+    relative_looking = "file://" + str(ckpt).lstrip("/")  # file://tmp/... means /tmp/..., as in the renderer
+    assert (await resolve_checkpoint(spec(relative_looking))).digest == (
+        "sha256:" + hashlib.sha256(b"x").hexdigest()
+    )
