@@ -63,7 +63,9 @@ def _load_documents(path: str) -> list[Any]:
         raise InvalidResource(f"not valid YAML: {' '.join(str(exc).split())}") from exc
 
 
-def render_inputs(obj: Any, *, image: str, digest: str, namespace: str, service_monitor: bool) -> Any:
+def render_inputs(
+    obj: Any, *, image: str, digest: str, namespace: str, service_monitor: bool
+) -> render.RenderInputs:
     """A CR mapping -> RenderInputs, or InvalidResource with a one-line reason."""
     if not isinstance(obj, dict):
         raise InvalidResource("expected a mapping")

@@ -10,6 +10,7 @@ through `RenderInputs`, so the same inputs always give byte-identical output and
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import posixpath
 from dataclasses import dataclass
@@ -419,7 +420,7 @@ def _volumes(inp: RenderInputs) -> list[Manifest]:
 
 def _tolerations(spec: DeepDetectServiceSpec) -> list[dict[str, Any]]:
     """The user's tolerations, plus one for the usual `<gpu resource>:NoSchedule` taint of GPU nodes."""
-    tolerations = [dict(t) for t in spec.scheduling.tolerations]
+    tolerations = copy.deepcopy(spec.scheduling.tolerations)
     if spec.resources.gpus > 0 and not any(t.get("key") == spec.resources.gpu_resource for t in tolerations):
         tolerations.append({"key": spec.resources.gpu_resource, "operator": "Exists", "effect": "NoSchedule"})
     return tolerations
@@ -434,7 +435,7 @@ def _scheduling(spec: DeepDetectServiceSpec) -> dict[str, Any]:
     if tolerations:
         out["tolerations"] = tolerations
     if sched.affinity:
-        out["affinity"] = sched.affinity
+        out["affinity"] = copy.deepcopy(sched.affinity)  # callers may mutate the output; never the spec
     if sched.priority_class_name:
         out["priorityClassName"] = sched.priority_class_name
     return out

@@ -509,3 +509,14 @@ def test_long_names_are_shortened_uniquely() -> None:
         assert len(x["metadata"]["name"]) <= 63
     assert naming.shorten("short") == "short"
     assert naming.service_name("2024.faces.v1")[0].isalpha()
+
+
+def test_output_does_not_alias_the_spec() -> None:
+    inp = CASES["scheduling"]
+    before = inp.spec.model_dump()
+    for child in render_children(inp):
+        if child["kind"] == "Deployment":
+            pod = child["spec"]["template"]["spec"]
+            pod["affinity"].clear()
+            pod["tolerations"][0]["key"] = "mutated"
+    assert inp.spec.model_dump() == before
