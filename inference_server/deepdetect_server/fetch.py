@@ -411,10 +411,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        pin = _normalise_sha256(args.sha256) if args.sha256 else None
+    except FetchError as exc:
+        return _fail(str(exc), args.termination_log, code=2)
+    try:
         result = fetch_checkpoint(
             args.uri,
             args.dest,
-            sha256=args.sha256 or None,
+            sha256=pin,
             max_bytes=args.max_bytes,
             retries=max(0, args.retries),
             timeout_s=args.timeout,
@@ -424,7 +428,7 @@ def run(args: argparse.Namespace) -> int:
             log=lambda msg: print(msg, flush=True),  # progress on stdout: stderr carries only the verdict
         )
     except FetchError as exc:
-        return _fail(str(exc), args.termination_log, code=2 if str(exc).startswith("--sha256") else 1)
+        return _fail(str(exc), args.termination_log)
     except OSError as exc:  # the destination side: disk full, read-only mount, ...
         return _fail(f"cannot write {args.dest}: {exc.strerror or exc}", args.termination_log)
     except Exception as exc:  # one line even for the unforeseen; a traceback would bury the reason

@@ -51,8 +51,8 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Connection", "close")
             self.end_headers()
             if with_body:
-                self.wfile.write(served.body)
-            if not served.content_length:
+                self.wfile.write(served.body[: served.cut_at])
+            if not served.content_length or served.cut_at is not None:
                 self.close_connection = True
 
         def _plain(self, code: int, body: bytes) -> None:

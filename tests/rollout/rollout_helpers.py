@@ -28,6 +28,7 @@ class Served:
     etag: str | None = None  # sent verbatim (include quotes / W/)
     last_modified: float | None = None  # epoch seconds
     content_length: bool = True
+    cut_at: int | None = None  # announce the full length, send this many bytes, hang up
 
 
 @dataclass

@@ -253,3 +253,15 @@ def test_library_result(file_server: FileServer, dest: Path) -> None:
     file_server.put("/m.safetensors", CKPT)
     got = fetch_checkpoint(f"{file_server.url}/m.safetensors", str(dest), sha256=CKPT_SHA)
     assert (got.sha256, got.size, got.reused) == (CKPT_SHA, len(CKPT), False)
+
+
+def test_library_cut_connection_is_retried_then_refused(file_server: FileServer, dest: Path) -> None:
+    file_server.put("/m.safetensors", CKPT, cut_at=100)
+    logs: list[str] = []
+    uri = f"{file_server.url}/m.safetensors"
+    with pytest.raises(FetchError, match=r"cannot read http://127\.0\.0\.1:\d+/m\.safetensors"):
+        fetch_checkpoint(uri, str(dest), retries=2, backoff_s=0.01, log=logs.append)
+    assert len(logs) == 2
+    assert not dest.exists() and not Path(str(dest) + ".partial").exists()
+    file_server.put("/m.safetensors", CKPT)  # the source recovers: the next attempt succeeds
+    assert fetch_checkpoint(uri, str(dest)).size == len(CKPT)
