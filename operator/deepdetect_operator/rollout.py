@@ -74,7 +74,7 @@ def evaluate_rollout(inp: RolloutInput) -> RolloutOutcome:
 
 def _start(inp: RolloutInput, digest: str) -> RolloutOutcome:
     """A digest we have not tried (or a different one after a failure): point the template at it."""
-    previous = inp.model.digest or _template_annotation(inp.deployment)
+    previous = _template_annotation(inp.deployment) or inp.model.digest  # what the pods run now
     model = inp.model.model_copy(update={"digest": digest, "resolved_at": inp.now})
     rollout = RolloutStatus(
         target_digest=digest, started_at=inp.now, state="Progressing", message=f"rolling out {digest}"

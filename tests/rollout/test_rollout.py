@@ -266,3 +266,8 @@ def test_full_story_fail_rollback_then_new_digest_succeeds() -> None:
     assert step(C, deployment(A)).template_digest == C  # a different digest is tried
     done = step(C, deployment(C))
     assert (done.rollout.state, done.model.last_good_digest) == ("Complete", C)
+
+
+def test_new_digest_after_rollback_names_what_runs_now() -> None:
+    out = evaluate(Row("x", C, MODEL_B, FAILED_B, deployment(A)))
+    assert out.event is not None and out.event[2] == f"rolling out checkpoint {C} (was {A})"
