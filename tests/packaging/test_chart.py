@@ -224,7 +224,8 @@ def test_service_monitor_selects_the_metrics_service(rendered: dict[str, list[Ma
     ports = {p["name"] for p in svc["spec"]["ports"]}
     for endpoint in sm["spec"]["endpoints"]:
         assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
-        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
+        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "honorLabels"}
+        assert endpoint["honorLabels"] is True, "the operator's namespace/name labels describe the CR"
     assert set(sm["spec"]) == {"selector", "namespaceSelector", "endpoints"}
 
 
