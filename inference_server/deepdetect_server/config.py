@@ -52,6 +52,10 @@ class ServerSettings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=1, le=65535)
     shutdown_grace_s: float = Field(25.0, ge=0, description="time to finish in-flight work on SIGTERM")
+    shutdown_drain_s: float = Field(
+        3.0, ge=0, description="after SIGTERM, keep serving (not ready) this long so endpoints drop the pod; "
+        "counted within shutdown_grace_s"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     config_file: Path | None = Field(None, exclude=True, description="YAML file these settings came from")

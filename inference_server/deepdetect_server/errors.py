@@ -1,0 +1,112 @@
+"""Errors the server raises inside, and the one table that turns them into HTTP at the edge.
+
+The core and the batcher know nothing about HTTP; they raise these. `api/__init__.py` installs a single
+exception handler that looks the class up in `HTTP_STATUS` (kserve copies a handler per status; we don't).
+"""
+
+from __future__ import annotations
+
+
+class DeepDetectError(Exception):
+    """Base class: `message` is safe to show to a client (never a key or image bytes)."""
+
+    retry_after_s: int | None = None
+    www_authenticate: str | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(DeepDetectError):
+    """The request is malformed (missing file, bad JSON, wrong tensor shape)."""
+
+
+class CorruptImage(BadRequest):
+    """The bytes claim to be an image but do not decode (truncated, damaged)."""
+
+
+class Unauthorized(DeepDetectError):
+    """No or wrong API key."""
+
+    www_authenticate = 'Bearer realm="deepdetect"'
+
+
+class PayloadTooLarge(DeepDetectError):
+    """The request body is over the upload limit."""
+
+
+class ImageTooLarge(DeepDetectError):
+    """The image header declares more pixels than allowed: a decompression bomb or simply too big."""
+
+
+class UnsupportedMediaType(DeepDetectError):
+    """The bytes are not JPEG, PNG, WebP or GIF."""
+
+
+class ModelNotFound(DeepDetectError):
+    """The v2 API was asked for a model name or version this server does not serve."""
+
+
+class NotReady(DeepDetectError):
+    """The model is still loading, or the server is draining."""
+
+    retry_after_s = 5
+
+
+class Overloaded(DeepDetectError):
+    """The batch queue is full: shed load instead of queueing without bound."""
+
+    retry_after_s = 1
+
+
+class DeadlineExceeded(DeepDetectError):
+    """The request did not finish within `request_timeout_s`."""
+
+    retry_after_s = 1
+
+
+class InferenceFailed(DeepDetectError):
+    """The forward pass of the batch this request was in failed."""
+
+
+class StartupError(DeepDetectError):
+    """The server cannot start as configured (bad checkpoint, missing key file, unusable device)."""
+
+
+class CheckpointError(StartupError):
+    """A checkpoint is unreadable, malformed, or does not match its pinned digest."""
+
+
+# One table: class -> HTTP status. Lookup walks the MRO, so subclasses inherit their parent's status.
+HTTP_STATUS: dict[type[DeepDetectError], int] = {
+    BadRequest: 400,
+    Unauthorized: 401,
+    ModelNotFound: 404,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    ImageTooLarge: 422,
+    InferenceFailed: 500,
+    StartupError: 500,
+    NotReady: 503,
+    Overloaded: 503,
+    DeadlineExceeded: 503,
+}
+
+
+def status_for(exc: DeepDetectError) -> int:
+    """HTTP status for an error, through the table (500 for anything not listed)."""
+    for cls in type(exc).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+def headers_for(exc: DeepDetectError) -> dict[str, str]:
+    """Headers a status needs by protocol: Retry-After on 503, WWW-Authenticate on 401."""
+    headers: dict[str, str] = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if exc.www_authenticate is not None:
+        headers["WWW-Authenticate"] = exc.www_authenticate
+    return headers

@@ -1,0 +1,108 @@
+"""The detector: a timm model built from the card, run in eval mode under `torch.inference_mode`.
+
+`Detector` knows devices and precision and nothing about HTTP or queues (kserve's `Model` split). It takes
+uint8 NHWC batches, normalises them on the device (four times less data to move than float32), and returns
+the probability of the card's positive label for each image, for one-logit (sigmoid) and two-class
+(softmax) heads alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import ModelCard
+from .errors import CheckpointError
+from .preprocess import normalize_batch
+
+log = logging.getLogger("deepdetect.model")
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' means CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+class Detector:
+    """A loaded, eval-mode timm model plus the card's normalisation constants."""
+
+    def __init__(
+        self,
+        card: ModelCard,
+        tensors: dict[str, torch.Tensor],
+        device: str = "auto",
+        precision: str = "fp32",
+    ) -> None:
+        import timm
+
+        self.card = card
+        self.device = resolve_device(device)
+        self.precision = precision
+        if self.device.type != "cuda" and precision != "fp32":
+            # Half precision on CPU is slower and less exact than fp32: say so rather than fail.
+            log.warning("precision downgraded", extra={"requested": precision, "using": "fp32",
+                                                       "reason": "no CUDA device"})
+            self.precision = "fp32"
+        model = timm.create_model(card.architecture, pretrained=False, num_classes=card.num_outputs)
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint tensors do not fit {card.architecture}: {exc}") from exc
+        model.eval().to(self.device)
+        if self.device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.mean = torch.tensor(card.mean, device=self.device)
+        self.std = torch.tensor(card.std, device=self.device)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.device.type == "cuda" and self.precision in _DTYPES:
+            return torch.autocast("cuda", dtype=_DTYPES[self.precision])
+        return contextlib.nullcontext()
+
+    def predict(self, images: Sequence[np.ndarray] | torch.Tensor) -> list[float]:
+        """Probability of the positive label for each uint8 HWC image of the batch."""
+        batch = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.stack(images))
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+            x = normalize_batch(batch, self.mean, self.std)
+            if self.device.type != "cuda":
+                x = x.contiguous()
+            with self._autocast():
+                logits = self.model(x)
+            logits = logits.float()
+            if self.card.num_outputs == 1:
+                probs = torch.sigmoid(logits[:, 0])
+            else:
+                probs = torch.softmax(logits, dim=1)[:, self.card.positive_index]
+            return probs.cpu().tolist()
+
+    def warmup(self, batches: int, batch_sizes: Sequence[int] = (1,)) -> float:
+        """Run dummy batches so the first real request does not pay for lazy init; returns seconds."""
+        start = time.perf_counter()
+        size = self.card.input_size
+        for _ in range(batches):
+            for n in batch_sizes:
+                self.predict(torch.zeros((n, size, size, 3), dtype=torch.uint8))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        """Drop the weights; on CUDA give the memory back to the driver."""
+        self.model = None  # type: ignore[assignment]
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
