@@ -39,10 +39,10 @@ bench: venv
 	$(BIN)/python bench/operator.py
 
 e2e: venv
-	$(BIN)/python -m pytest -v -m e2e e2e/
+	$(BIN)/python -m pytest -v -rs -m e2e e2e/
 
 e2e-existing: venv
-	E2E_EXISTING_CLUSTER=1 $(BIN)/python -m pytest -v -m e2e e2e/
+	E2E_EXISTING_CLUSTER=1 $(BIN)/python -m pytest -v -rs -m e2e e2e/
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
