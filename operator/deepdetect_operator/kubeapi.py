@@ -339,3 +339,26 @@ def _status_details(status: int, text: str) -> tuple[str, str]:
     if isinstance(doc, dict):
         return str(doc.get("reason") or "Error"), str(doc.get("message") or "")[:500]
     return "Error", str(doc)[:300]
+
+
+def kopf_login(api: KubeAPI, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The operator's login: in-cluster service account, else the kubeconfig, else the official client.
+
+    kopf and our `KubeAPI` share the result; `KubeAPI` calls the same function again after a 401
+    (service-account tokens are rotated on disk).
+    """
+
+    def attempt() -> kopf.ConnectionInfo | None:
+        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        if info is None:
+            try:
+                info = kopf.login_via_client(**kwargs)  # exec plugins and other kubeconfig features
+            except ImportError:
+                info = None
+        return info
+
+    info = attempt()
+    api._login = attempt
+    if info is not None:
+        api.use(info)
+    return info

@@ -1,0 +1,85 @@
+"""kopf wiring only: which events call which reconcile entry point (STYLE #1, #2).
+
+`build_registry` returns a fresh registry instead of decorating at import time, so intervals come from the
+runtime configuration and tests can start several operators in one process. Every body is one or two lines;
+the work happens in `reconcile.Reconciler`, reached through kopf's `memo`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from deepdetect_operator import naming
+from deepdetect_operator.api import GROUP, PLURAL, VERSION
+from deepdetect_operator.kubeapi import kopf_login
+from deepdetect_operator.reconcile import OperatorConfig
+
+CHILD_LABELS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+CR = (GROUP, VERSION, PLURAL)
+
+
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf_login(memo.reconciler.api, **kwargs)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        await memo.reconciler.api.close()
+
+    @kopf.on.probe(id="reconciles", registry=registry)
+    def reconciles(memo: kopf.Memo, **_: Any) -> int:
+        return int(memo.reconciler.passes)
+
+    @kopf.on.resume(*CR, id="reconcile-resume", registry=registry)
+    @kopf.on.create(*CR, id="reconcile-create", registry=registry)
+    @kopf.on.update(*CR, field="spec", id="reconcile-update", registry=registry)
+    async def spec_changed(namespace: str, name: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        await memo.reconciler.reconcile(namespace, name, logger=logger, force_resolve=True)
+
+    @kopf.timer(
+        *CR,
+        interval=config.tick_seconds,
+        initial_delay=config.tick_seconds,
+        id="resync",
+        errors=kopf.ErrorsMode.IGNORED,
+        registry=registry,
+    )
+    async def resync(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        await memo.reconciler.tick(body, logger)
+
+    @kopf.on.delete(*CR, id="forget", registry=registry)
+    def deleted(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
+        memo.reconciler.forget(namespace, name, uid)
+
+    @kopf.index(*CR, id="dds_by_instance", registry=registry)
+    def dds_by_instance(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[Any, Any]:
+        return {(namespace, naming.label_value(name)): (name, (status.get("rollout") or {}).get("state", ""))}
+
+    @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, id="deployment-event", registry=registry)
+    async def deployment_event(
+        namespace: str,
+        labels: kopf.Labels,
+        dds_by_instance: kopf.Index[Any, Any],
+        memo: kopf.Memo,
+        logger: Any,
+        **_: Any,
+    ) -> None:
+        await memo.reconciler.child_changed(namespace, labels, dds_by_instance, logger=logger, pods=False)
+
+    @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, id="pod-event", registry=registry)
+    async def pod_event(
+        namespace: str,
+        labels: kopf.Labels,
+        dds_by_instance: kopf.Index[Any, Any],
+        memo: kopf.Memo,
+        logger: Any,
+        **_: Any,
+    ) -> None:
+        await memo.reconciler.child_changed(namespace, labels, dds_by_instance, logger=logger, pods=True)
+
+    return registry
