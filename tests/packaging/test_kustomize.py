@@ -112,6 +112,7 @@ def test_operator_env_follows_contracts() -> None:
     env = {e["name"]: e for e in operator_container(kustomize_build(MANIFESTS))["env"]}
     assert env["DEEPDETECT_SERVER_IMAGE"]["value"] == DEFAULT_SERVER_IMAGE
     assert env["DEEPDETECT_NAMESPACES"]["value"] == ""
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
 def test_metrics_service_selects_the_operator() -> None:
