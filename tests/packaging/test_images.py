@@ -286,3 +286,15 @@ def test_copy_sources_exist_and_are_in_context(image: str) -> None:
 def test_dockerignore_keeps_the_context_small(path: str, excluded: bool) -> None:
     """The context holds the packages and metadata only: no venv, git history, tests or caches."""
     assert dockerignore_excludes(path, dockerignore_patterns()) is excluded
+
+
+def test_python_base_pinned_once() -> None:
+    """The slim Python tag is the same everywhere it appears (server builder, operator, the CPU variant the
+    e2e suite builds, the documented CPU build command): one pin to bump, not four to forget."""
+    server_args, _ = parse_dockerfile(DOCKERFILES["server"])
+    operator_args, _ = parse_dockerfile(DOCKERFILES["operator"])
+    tag = server_args["BUILDER"]
+    assert operator_args["BASE"] == tag
+    assert f"--build-arg BASE={tag}" in DOCKERFILES["server"].read_text()
+    e2e_env = (ROOT / "e2e" / "e2e_env.py").read_text()
+    assert f'CPU_BASE = "{tag}"' in e2e_env
