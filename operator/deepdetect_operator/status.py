@@ -2,10 +2,12 @@
 
 The reconciler gathers facts (the live Deployment as the API server returns it, the problem that stopped
 it, the checkpoint resolution, the rollout verdict) and `compute_status` turns them into
-`DeepDetectServiceStatus`. Nothing here trusts "we sent it": Ready means the Deployment controller reports
-the replicas available for the current generation. Conditions follow `metav1.Condition`:
-`lastTransitionTime` moves only when a condition's status flips, so a resync with nothing new produces an
-identical status and the reconciler writes nothing.
+`DeepDetectServiceStatus`. Nothing here trusts "we sent it": the phase is Ready when the Deployment controller
+reports the current generation fully rolled out and available; the Ready condition says whether the service
+answers at all (Deployment `Available` and at least one available replica), so during a rollout or a failed
+one it can be True while the phase is Progressing or Degraded, like a Deployment's own conditions.
+Conditions follow `metav1.Condition`: `lastTransitionTime` moves only when a condition's status flips,
+so a resync with nothing new produces an identical status and the reconciler writes nothing.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ class DeploymentView:
 
     @property
     def serving(self) -> bool:
-        return self.observed and self.available_condition and self.available >= max(self.desired, 1)
+        """The Deployment controller says it is Available (minimum availability) and a replica answers."""
+        return self.available_condition and self.available > 0
 
 
 def deployment_view(dep: dict[str, Any] | None) -> DeploymentView | None:

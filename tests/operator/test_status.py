@@ -75,19 +75,27 @@ def cond(status: DeepDetectServiceStatus, type_: str) -> tuple[str, str]:
     [
         (None, None, "Pending", ("False", "DeploymentMissing"), ("False", "DeploymentMissing"), "False"),
         (dep(), None, "Ready", ("True", "ReplicasAvailable"), ("False", "RolloutComplete"), "False"),
-        (
+        (  # mid-rollout: old replicas answer (Ready condition), the phase says it is not done
             dep(ready=1, available=1, updated=1, status_replicas=2),
+            None,
+            "Progressing",
+            ("True", "ReplicasAvailable"),
+            ("True", "RollingOut"),
+            "False",
+        ),
+        (  # nothing available yet
+            dep(ready=0, available=0, updated=1, status_replicas=1, available_cond="False"),
             None,
             "Progressing",
             ("False", "ReplicasUnavailable"),
             ("True", "RollingOut"),
             "False",
         ),
-        (  # the controller has not seen the new template yet: not Ready, whatever the counts say
+        (  # the controller has not seen the new template yet: not done, whatever the counts say
             dep(generation=2, observed=1),
             None,
             "Progressing",
-            ("False", "ReplicasUnavailable"),
+            ("True", "ReplicasAvailable"),
             ("True", "RollingOut"),
             "False",
         ),

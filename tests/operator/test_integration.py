@@ -1,0 +1,224 @@
+"""The real kopf operator against the kmock-based API server: children, status, faults, deletion."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest_integration import (
+    DEPLOYMENTS,
+    NS,
+    OPERATOR_UA,
+    Cluster,
+    cluster,
+    cr_manifest,
+    eventually,
+)
+from deepdetect_operator import naming
+from deepdetect_operator.api import ANNOTATION_CHECKPOINT_DIGEST, ANNOTATION_CONFIG_HASH
+
+__all__ = ["cluster"]  # the fixture, imported for pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+CHILDREN = [
+    ("v1/configmaps", naming.configmap_name),
+    ("v1/services", naming.service_name),
+    (DEPLOYMENTS, naming.deployment_name),
+    ("autoscaling/v2/horizontalpodautoscalers", naming.hpa_name),
+    ("policy/v1/poddisruptionbudgets", naming.pdb_name),
+    ("v1/secrets", naming.generated_api_key_secret_name),
+]
+
+
+@pytest.fixture()
+def checkpoint(tmp_path: Path) -> tuple[str, str]:
+    path = tmp_path / "model.safetensors"
+    data = b"not really safetensors, but bytes with a digest"
+    path.write_bytes(data)
+    return f"file://{path}", f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def _children_present(c: Cluster, name: str, uid: str) -> bool:
+    for resource, namer in CHILDREN:
+        obj = c.emu.stored(resource, NS, namer(name))
+        if obj is None:
+            return False
+        meta = obj["metadata"]
+        assert [r["uid"] for r in meta["ownerReferences"] if r.get("controller")] == [uid], resource
+        assert meta["labels"][naming.LABEL_MANAGED_BY] == naming.MANAGED_BY
+        assert meta["labels"][naming.LABEL_INSTANCE] == name
+        assert meta["labels"][naming.LABEL_NAME] == naming.APP_NAME
+    return True
+
+
+async def test_create_makes_every_child_then_ready(cluster: Cluster, checkpoint: tuple[str, str]) -> None:
+    uri, digest = checkpoint
+    created = await cluster.create(cr_manifest("faces", uri))
+    uid = created["metadata"]["uid"]
+    await eventually(lambda: _children_present(cluster, "faces", uid), message="children")
+    dep = cluster.deployment("faces")
+    assert dep is not None
+    assert dep["spec"]["template"]["metadata"]["annotations"][ANNOTATION_CHECKPOINT_DIGEST] == digest
+    assert "replicas" not in dep["spec"]  # the HPA owns it
+    status = await eventually(
+        lambda: cluster.status("faces").get("phase") == "Progressing" and cluster.status("faces")
+    )
+    assert status["selector"] == naming.selector_string("faces")
+    assert status["endpoint"] == f"http://faces.{NS}.svc:80"
+    assert status["model"]["digest"] == digest
+    assert cluster.condition("faces", "CheckpointResolved")["status"] == "True"
+    assert "deepdetect.io/finalizer" in cluster.cr("faces")["metadata"]["finalizers"]
+    assert "spec" not in {k for k in status}  # nothing of ours leaks elsewhere
+    # The Deployment controller reports the replicas available: the CR follows.
+    await cluster.make_available("faces")
+    await eventually(lambda: cluster.status("faces").get("phase") == "Ready", message="Ready")
+    assert cluster.condition("faces", "Ready")["status"] == "True"
+    assert cluster.status("faces")["readyReplicas"] == 1
+    assert cluster.status("faces")["model"]["lastGoodDigest"] == digest
+    assert cluster.status("faces")["observedGeneration"] == cluster.cr("faces")["metadata"]["generation"]
+
+
+async def test_progress_deadline_exceeded_degrades(cluster: Cluster, checkpoint: tuple[str, str]) -> None:
+    uri, _ = checkpoint
+    await cluster.create(cr_manifest("faces", uri))
+    await eventually(lambda: cluster.deployment("faces"), message="deployment")
+    await cluster.make_available("faces")
+    await eventually(lambda: cluster.status("faces").get("phase") == "Ready")
+    # A later change (config) misses its deadline: Degraded, with the replicas still serving.
+    await cluster.patch_spec("faces", {"batching": {"maxBatchSize": 8}})
+    await eventually(lambda: cluster.deployment("faces")["metadata"]["generation"] == 2)
+    await cluster.miss_deadline("faces", ready=1)
+    await eventually(lambda: cluster.status("faces").get("phase") == "Degraded", message="Degraded")
+    degraded = cluster.condition("faces", "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "ProgressDeadlineExceeded"
+    assert cluster.condition("faces", "Ready")["status"] == "True"  # old pods still serve
+    await eventually(lambda: cluster.events("ProgressDeadlineExceeded"), message="event")
+    # Nothing ready at all: Failed.
+    await cluster.miss_deadline("faces", ready=0)
+    await eventually(lambda: cluster.status("faces").get("phase") == "Failed", message="Failed")
+
+
+async def test_spec_update_scale_and_autoscaling_off(cluster: Cluster, checkpoint: tuple[str, str]) -> None:
+    uri, _ = checkpoint
+    await cluster.create(cr_manifest("faces", uri))
+    await eventually(lambda: cluster.deployment("faces"))
+    before = cluster.deployment("faces")["spec"]["template"]["metadata"]["annotations"][
+        ANNOTATION_CONFIG_HASH
+    ]
+    config_before = cluster.emu.stored("v1/configmaps", NS, naming.configmap_name("faces"))["data"]
+    await cluster.patch_spec("faces", {"batching": {"maxBatchSize": 4}})
+
+    def config_changed() -> bool:
+        cm = cluster.emu.stored("v1/configmaps", NS, naming.configmap_name("faces"))
+        ann = cluster.deployment("faces")["spec"]["template"]["metadata"]["annotations"]
+        return cm["data"] != config_before and ann[ANNOTATION_CONFIG_HASH] != before
+
+    await eventually(config_changed, message="ConfigMap and config hash")
+    assert (
+        "max_batch_size: 4"
+        in cluster.emu.stored("v1/configmaps", NS, naming.configmap_name("faces"))["data"]["config.yaml"]
+    )
+    # Autoscaling off: the HPA goes, the Deployment gets spec.replicas; `kubectl scale` edits spec.replicas.
+    await cluster.patch_spec("faces", {"autoscaling": {"enabled": False}, "replicas": 2})
+    hpa = "autoscaling/v2/horizontalpodautoscalers"
+    await eventually(
+        lambda: cluster.emu.stored(hpa, NS, naming.hpa_name("faces")) is None, message="HPA deleted"
+    )
+    await eventually(lambda: cluster.deployment("faces")["spec"].get("replicas") == 2)
+    await cluster.patch_spec("faces", {"replicas": 3})
+    await eventually(lambda: cluster.deployment("faces")["spec"].get("replicas") == 3, message="scaled")
+
+
+async def test_deleted_or_edited_child_is_restored(cluster: Cluster, checkpoint: tuple[str, str]) -> None:
+    uri, _ = checkpoint
+    await cluster.create(cr_manifest("faces", uri))
+    svc = naming.service_name("faces")
+    await eventually(lambda: cluster.emu.stored("v1/services", NS, svc) and cluster.deployment("faces"))
+    await cluster.emu.remove("v1/services", NS, svc)
+    assert cluster.emu.stored("v1/services", NS, svc) is None
+    await eventually(lambda: cluster.emu.stored("v1/services", NS, svc), message="Service restored")
+    # An edit of a field we own is reverted (the Deployment's own event triggers the pass).
+    dep_name = naming.deployment_name("faces")
+    image = cluster.deployment("faces")["spec"]["template"]["spec"]["containers"][0]["image"]
+    edited = cluster.deployment("faces")["spec"]["template"]["spec"]["containers"]
+    edited[0]["image"] = "evil:latest"
+    await cluster.emu.edit(
+        DEPLOYMENTS, NS, dep_name, {"spec": {"template": {"spec": {"containers": edited}}}}
+    )
+    await eventually(
+        lambda: cluster.deployment("faces")["spec"]["template"]["spec"]["containers"][0]["image"] == image,
+        message="Deployment restored",
+    )
+    # A deleted Deployment comes back too.
+    await cluster.emu.remove(DEPLOYMENTS, NS, dep_name)
+    await eventually(lambda: cluster.deployment("faces"), message="Deployment recreated")
+
+
+async def test_noop_resync_makes_zero_writes(cluster: Cluster, checkpoint: tuple[str, str]) -> None:
+    uri, _ = checkpoint
+    await cluster.create(cr_manifest("faces", uri))
+    await eventually(lambda: cluster.deployment("faces"))
+    await cluster.make_available("faces")
+    await eventually(lambda: cluster.status("faces").get("phase") == "Ready")
+    since = await cluster.quiet()
+    passes = cluster.memo.reconciler.passes
+    # Several resync periods: the operator reads, compares, and writes nothing at all.
+    await eventually(lambda: cluster.memo.reconciler.passes >= passes + 3, message="resyncs", within=10)
+    assert cluster.emu.writes(since) == []
+    reads = [
+        r
+        for r in cluster.emu.recorded[since:]
+        if str(r.headers.get("User-Agent", "")).startswith(OPERATOR_UA)
+    ]
+    assert reads, "the resyncs did read the cluster"
+
+
+async def test_bad_crs_degrade_and_others_still_reconcile(
+    cluster: Cluster, checkpoint: tuple[str, str]
+) -> None:
+    uri, _ = checkpoint
+    await cluster.create(cr_manifest("nosecret", uri, auth={"mode": "apiKey", "secretName": "missing-key"}))
+    await cluster.create(cr_manifest("nofile", "file:///nonexistent/model.safetensors"))
+    bad: dict[str, Any] = cr_manifest("badspec", uri)
+    bad["spec"]["autoscaling"] = {"enabled": True, "minReplicas": 5, "maxReplicas": 2}  # CEL would refuse
+    await cluster.create(bad)
+    await cluster.create(cr_manifest("good", uri))
+
+    def reason(name: str) -> str:
+        cond = cluster.condition(name, "Degraded")
+        return cond.get("reason", "") if cond.get("status") == "True" else ""
+
+    await eventually(lambda: reason("nosecret") == "SecretNotFound", message="SecretNotFound")
+    await eventually(lambda: reason("nofile") == "CheckpointNotResolved", message="CheckpointNotResolved")
+    await eventually(lambda: reason("badspec") == "InvalidSpec", message="InvalidSpec")
+    assert "missing-key" in cluster.condition("nosecret", "Degraded")["message"]
+    assert "not found" in cluster.condition("nofile", "CheckpointResolved")["message"]
+    assert "minReplicas" in cluster.condition("badspec", "Degraded")["message"]
+    for name in ("nosecret", "nofile", "badspec"):
+        assert cluster.status(name)["phase"] == "Degraded"
+        assert cluster.deployment(name) is None  # nothing half-made
+    await eventually(
+        lambda: cluster.events("SecretNotFound") and cluster.events("InvalidSpec"), message="events"
+    )
+    await eventually(lambda: cluster.events("CheckpointNotResolved"), message="event")
+    await eventually(lambda: cluster.deployment("good"), message="the good CR still reconciles")
+    await cluster.make_available("good")
+    await eventually(lambda: cluster.status("good").get("phase") == "Ready")
+    # Fixing the spec clears Degraded.
+    await cluster.patch_spec("badspec", {"autoscaling": {"minReplicas": 1}})
+    await eventually(lambda: reason("badspec") == "" and cluster.deployment("badspec"), message="recovered")
+
+
+async def test_delete_clears_finalizer_and_children_go(cluster: Cluster, checkpoint: tuple[str, str]) -> None:
+    uri, _ = checkpoint
+    await cluster.create(cr_manifest("faces", uri))
+    await eventually(
+        lambda: cluster.deployment("faces") and cluster.cr("faces")["metadata"].get("finalizers")
+    )
+    await cluster.delete("faces")
+    await eventually(lambda: cluster.cr("faces") is None, message="CR gone (finalizer cleared)")
+    assert cluster.deployment("faces") is None  # owner-reference garbage collection
+    assert cluster.memo.reconciler.metrics.managed._value.get() == 0
