@@ -131,28 +131,34 @@ class Batcher(Generic[T, R]):
         while True:
             first = await self._queue.get()
             batch = [first]
-            closes_at = first.enqueued + self.max_delay_s
-            while len(batch) < self.max_batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = closes_at - time.monotonic()
-                if remaining <= 0:
-                    break
-                item = await self._get_within(remaining)
-                if item is None:
-                    break
-                batch.append(item)
-            self._release(len(batch))
-            live = [p for p in batch if not p.future.done()]  # callers that timed out are skipped
-            if live:
-                self._busy = True
-                try:
+            try:
+                await self._fill(batch, closes_at=first.enqueued + self.max_delay_s)
+                self._release(len(batch))
+                live = [p for p in batch if not p.future.done()]  # callers that timed out are skipped
+                if live:
+                    self._busy = True
                     await self._dispatch(live)
-                finally:
-                    self._busy = False
+            except asyncio.CancelledError:
+                # stop() gave up waiting: whoever is still in hand gets an answer, not a hang.
+                _fail(batch, NotReady("server is shutting down"))
+                raise
+            finally:
+                self._busy = False
+
+    async def _fill(self, batch: list[_Pending[T, R]], closes_at: float) -> None:
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = closes_at - time.monotonic()
+            if remaining <= 0:
+                return
+            item = await self._get_within(remaining)
+            if item is None:
+                return
+            batch.append(item)
 
     async def _get_within(self, wait_s: float) -> _Pending[T, R] | None:
         """queue.get() with a timeout that never loses an item to the cancellation race."""
@@ -176,10 +182,7 @@ class Batcher(Generic[T, R]):
                 raise RuntimeError(f"model returned {len(results)} results for {len(batch)} inputs")
         except Exception as exc:
             log.exception("batch failed", extra={"batch_size": len(batch)})
-            error = InferenceFailed(f"inference failed for this batch: {type(exc).__name__}: {exc}")
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(error)
+            _fail(batch, InferenceFailed(f"inference failed for this batch: {type(exc).__name__}: {exc}"))
             return
         finally:
             if self._observer is not None:
@@ -187,6 +190,12 @@ class Batcher(Generic[T, R]):
         for p, result in zip(batch, results, strict=True):
             if not p.future.done():
                 p.future.set_result(result)
+
+
+def _fail(batch: list[_Pending[T, R]], error: Exception) -> None:
+    for p in batch:
+        if not p.future.done():
+            p.future.set_exception(error)
 
 
 class Reservation(Generic[T, R]):

@@ -1,0 +1,95 @@
+"""Helpers for the server tests (a module with a unique name: several test folders have a conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+from deepdetect_server.checkpoint import card_for_architecture, create_checkpoint
+from deepdetect_server.config import ServerSettings
+from deepdetect_server.serve import GracefulServer, build_server
+from PIL import Image
+
+ARCH = "test_efficientnet"
+
+
+def jpeg(arr: np.ndarray, quality: int = 90, side: int | None = None) -> bytes:
+    img = Image.fromarray(arr)
+    if side is not None:
+        w, h = img.size
+        img = img.resize((side, round(side * h / w)), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def encode(arr: np.ndarray, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def make_checkpoint(path: Path, input_size: int = 160, **card: object) -> Path:
+    create_checkpoint(path, card_for_architecture(ARCH, input_size, **card))
+    return path
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ThreadedServer:
+    """The real server (uvicorn + GracefulServer) on a real socket, in a thread with its own loop."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.sock = free_socket()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server: GracefulServer = build_server(settings)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve(sockets=[self.sock]))
+
+    def start(self, timeout: float = 60.0) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if not self.thread.is_alive():
+                raise RuntimeError("server thread died during start-up")
+            time.sleep(0.1)
+        raise RuntimeError("server did not become ready")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+def server_fixture(settings: ServerSettings) -> Iterator[ThreadedServer]:
+    srv = ThreadedServer(settings).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
