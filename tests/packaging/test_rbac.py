@@ -8,7 +8,10 @@ granted by wildcard. A missing verb shows up in a cluster as a 403 loop; an extr
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,24 +29,25 @@ from packaging_helpers import (
 
 RUNTIME_DOC = ROOT / "docs" / "operator-runtime.md"
 
-# (apiGroup, resource) -> verbs, derived from DESIGN.md ("Flow", "Checkpoints and rollout") and kopf's
-# own needs; used only while docs/operator-runtime.md does not exist.
-EXPECTED_CALLS_FROM_DESIGN: dict[tuple[str, str], set[str]] = {
-    ("deepdetect.io", "deepdetectservices"): {"get", "list", "watch", "patch", "update"},
-    ("deepdetect.io", "deepdetectservices/status"): {"get", "patch", "update"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "secrets"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("monitoring.coreos.com", "servicemonitors"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "events"): {"create", "patch"},
-    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
-    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-    ("", "namespaces"): {"list", "watch"},
+# (apiGroup, resource) -> verbs: the calls the operator makes, as observed by
+# test_rbac_equals_the_calls_the_running_operator_makes below (server-side apply = patch + create).
+# DESIGN.md's first sketch also granted update on the CR, list/watch/patch/delete on Secrets, delete on
+# every child, namespaces and kopf peerings; the running operator needs none of them (GC deletes the
+# children; kopf runs standalone and cluster-wide, so it neither peers nor lists namespaces).
+# Used as the reference while docs/operator-runtime.md does not exist.
+EXPECTED_CALLS: dict[tuple[str, str], set[str]] = {
+    ("deepdetect.io", "deepdetectservices"): {"get", "list", "watch", "patch"},
+    ("deepdetect.io", "deepdetectservices/status"): {"patch"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+    ("", "services"): {"get", "create", "patch"},
+    ("", "configmaps"): {"get", "create", "patch"},
+    ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "create", "patch", "delete"},
+    ("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch", "delete"},
+    ("", "secrets"): {"get", "create"},
+    ("", "pods"): {"list", "watch"},
+    ("", "events"): {"create"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
 CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"}
 DANGEROUS_VERBS = {"*", "escalate", "bind", "impersonate", "deletecollection"}
@@ -87,7 +91,7 @@ def expected_calls() -> set[tuple[str, str, str]]:
         triples = parse_runtime_doc(RUNTIME_DOC.read_text())
         assert triples, f"{RUNTIME_DOC} has no machine-readable ```yaml block of rules"
         return triples
-    return {(g, r, v) for (g, r), verbs in EXPECTED_CALLS_FROM_DESIGN.items() for v in verbs}
+    return {(g, r, v) for (g, r), verbs in EXPECTED_CALLS.items() for v in verbs}
 
 
 def cluster_roles() -> dict[str, list[dict[str, Any]]]:
@@ -137,7 +141,8 @@ def test_no_wildcards_or_escalation(source: str) -> None:
 
 def test_renderer_children_are_all_creatable() -> None:
     """Render the shipped examples with the operator's real renderer (ServiceMonitor and API-key Secret
-    included): every child kind it can produce is granted get/create/patch, and the CR's status too."""
+    included): every child kind it can produce can be read and created (and applied, except the API-key
+    Secret, which is created once and never written again), and the CR's status can be patched."""
     from deepdetect_operator.api import parse_spec
     from deepdetect_operator.render import RenderInputs, render_api_key_secret, render_children
 
@@ -162,7 +167,7 @@ def test_renderer_children_are_all_creatable() -> None:
     assert {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget", "ServiceMonitor"} <= kinds
     for kind in kinds:
         group, resource = KIND_TO_RESOURCE[kind]
-        for verb in ("get", "create", "patch"):
+        for verb in ("get", "create") if kind == "Secret" else ("get", "create", "patch"):
             assert (group, resource, verb) in granted, f"{kind}: {verb} not granted"
     assert ("deepdetect.io", "deepdetectservices/status", "patch") in granted
 
@@ -199,3 +204,184 @@ def test_service_account_is_what_the_bindings_name() -> None:
     assert binding["roleRef"]["name"] == one(docs, "ClusterRole")["metadata"]["name"]
 
 
+
+
+# ---------------------------------------------------------------- the calls the running operator makes
+
+OPERATOR_USER_AGENTS = ("kopf/", "deepdetect-operator/")
+APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+
+
+def classify(method: str, path: str, query: dict[str, str], content_type: str) -> set[tuple[str, str, str]]:
+    """RBAC (apiGroup, resource, verb) triples a request needs; empty for discovery (`/api`, `/apis/g/v`),
+    which every authenticated client may read. Server-side apply also needs `create` because the API
+    server authorizes an apply that creates the object as a create."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"]:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"]:
+        group, rest = parts[1] if len(parts) > 1 else "", parts[3:]
+    else:
+        return set()
+    if not rest:
+        return set()
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        rest = rest[2:]
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    named = len(rest) > 1
+    if method == "GET":
+        verb = "get" if named else ("watch" if query.get("watch") in ("1", "true") else "list")
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, "")
+        if method == "DELETE":
+            verb = "delete" if named else "deletecollection"
+    triples = {(group, resource, verb)}
+    if method == "PATCH" and content_type.startswith(APPLY_CONTENT_TYPE):
+        triples.add((group, resource, "create"))
+    return triples
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "ctype", "expected"),
+    [
+        ("GET", "/apis", {}, "", set()),
+        ("GET", "/apis/monitoring.coreos.com/v1", {}, "", set()),
+        ("GET", "/api/v1/pods", {"watch": "true"}, "", {("", "pods", "watch")}),
+        ("GET", "/api/v1/namespaces/a/pods", {}, "", {("", "pods", "list")}),
+        ("GET", "/api/v1/namespaces", {}, "", {("", "namespaces", "list")}),
+        ("PATCH", "/apis/apps/v1/namespaces/a/deployments/x", {}, APPLY_CONTENT_TYPE,
+         {("apps", "deployments", "patch"), ("apps", "deployments", "create")}),
+        ("PATCH", "/apis/deepdetect.io/v1alpha1/namespaces/a/deepdetectservices/x/status", {},
+         "application/merge-patch+json", {("deepdetect.io", "deepdetectservices/status", "patch")}),
+        ("DELETE", "/apis/autoscaling/v2/namespaces/a/horizontalpodautoscalers/x", {}, "",
+         {("autoscaling", "horizontalpodautoscalers", "delete")}),
+        ("POST", "/api/v1/namespaces/a/events", {}, "", {("", "events", "create")}),
+    ],
+)
+def test_classify(method: str, path: str, query: dict[str, str], ctype: str, expected: set[Any]) -> None:
+    assert classify(method, path, query, ctype) == expected
+
+
+async def run_operator_lifecycle(tmp_path: Path) -> set[tuple[str, str, str]]:
+    """The real operator (kopf + reconciler), configured as the shipped Deployment configures it
+    (cluster-wide, standalone), against the project's kmock-based API server, through a CR's whole life:
+    create with an API key, autoscaling and a ServiceMonitor; become available; a new checkpoint; features
+    switched off; a missed progress deadline (rollback, Events); deletion. Returns what it called."""
+    import asyncio
+
+    import aiohttp
+    import kmock
+
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))  # tests/kube_emulator.py, the operator tests' API server
+    from deepdetect_operator import naming
+    from deepdetect_operator.reconcile import OperatorConfig
+    from deepdetect_operator.runtime import build_memo, run_operator
+    from kube_emulator import make_emulator
+
+    ns, name = "rbac", "faces"
+    crs = "deepdetect.io/v1alpha1/deepdetectservices"
+    deployments = "apps/v1/deployments"
+    cr_url = f"/apis/deepdetect.io/v1alpha1/namespaces/{ns}/deepdetectservices"
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"first checkpoint bytes")
+    config = OperatorConfig(tick_seconds=0.25, resync_seconds=1.0, liveness="", metrics_port=0,
+                            watch_server_timeout_s=30, watch_client_timeout_s=40, resolve_timeout_s=3.0)
+    assert config.namespaces == () and config.peering == "", "as the shipped Deployment runs it"
+
+    async def until(check: Any, what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 20.0
+        while not check():
+            assert asyncio.get_running_loop().time() < deadline, f"timed out: {what}"
+            await asyncio.sleep(0.05)
+
+    async def set_deployment_status(available: bool) -> None:
+        dep = emu.stored(deployments, ns, naming.deployment_name(name))
+        assert dep is not None
+        progressing = ("True", "NewReplicaSetAvailable")
+        if not available:
+            progressing = ("False", "ProgressDeadlineExceeded")
+        await emu.set_status(deployments, ns, dep["metadata"]["name"], {
+            "observedGeneration": dep["metadata"]["generation"],
+            "replicas": 1, "updatedReplicas": 1,
+            "readyReplicas": 1 if available else 0, "availableReplicas": 1 if available else 0,
+            "conditions": [
+                {"type": "Available", "status": "True" if available else "False", "reason": "x"},
+                {"type": "Progressing", "status": progressing[0], "reason": progressing[1]},
+            ],
+        })
+
+    def phase() -> str:
+        return ((emu.stored(crs, ns, name) or {}).get("status") or {}).get("phase", "")
+
+    emu = make_emulator(service_monitor=True)
+    async with emu, kmock.Server(emu) as server:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emu",
+            "clusters": [{"name": "emu", "cluster": {"server": str(server.url).rstrip("/")}}],
+            "users": [{"name": "emu", "user": {"token": "t"}}],
+            "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}],
+        }))
+        os.environ["KUBECONFIG"] = str(kubeconfig)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        operator = run_operator(config, memo=build_memo(config), stop_flag=stop, ready_flag=ready)
+        task = asyncio.create_task(operator)
+        try:
+            await asyncio.wait_for(ready.wait(), 20)
+            async with aiohttp.ClientSession(base_url=str(server.url)) as http:
+                spec = {
+                    "model": {"architecture": "test_efficientnet", "inputSize": 160, "precision": "fp32",
+                              "checkpoint": {"uri": f"file://{checkpoint}", "pollInterval": "0"}},
+                    "resources": {"gpus": 0, "cpu": "1", "memory": "1Gi"},
+                    "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3},
+                    "monitoring": {"serviceMonitor": True},
+                }
+                cr = {"apiVersion": "deepdetect.io/v1alpha1", "kind": "DeepDetectService",
+                      "metadata": {"name": name, "namespace": ns}, "spec": spec}
+                assert (await http.post(cr_url, json=cr)).status == 201
+                await until(lambda: emu.stored(deployments, ns, naming.deployment_name(name)), "deployment")
+                await set_deployment_status(available=True)
+                await until(lambda: phase() == "Ready", "Ready")
+                checkpoint.write_bytes(b"second checkpoint bytes, different digest")
+                patch = {"spec": {"autoscaling": {"enabled": False}, "monitoring": {"serviceMonitor": False},
+                                  "replicas": 2}}
+                resp = await http.patch(f"{cr_url}/{name}", json=patch,
+                                        headers={"Content-Type": "application/merge-patch+json"})
+                assert resp.status == 200
+                await until(lambda: emu.stored("autoscaling/v2/horizontalpodautoscalers", ns, name) is None,
+                            "HPA deleted")
+                await set_deployment_status(available=False)
+                await until(lambda: phase() in ("Degraded", "Failed"), "rollout failure noticed")
+                assert (await http.delete(f"{cr_url}/{name}")).status == 200
+                await until(lambda: emu.stored(crs, ns, name) is None, "CR finalized")
+        finally:
+            stop.set()
+            try:
+                await asyncio.wait_for(task, 20)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+        calls: set[tuple[str, str, str]] = set()
+        for req in emu.recorded:
+            headers = {k.lower(): v for k, v in dict(req.headers).items()}
+            if not headers.get("user-agent", "").startswith(OPERATOR_USER_AGENTS):
+                continue
+            query = {k: v for k, v in req.url.query.items()} if hasattr(req.url, "query") else {}
+            calls |= classify(req.method.value, req.url.path, query, headers.get("content-type", ""))
+        return calls
+
+
+@pytest.mark.timeout(120)
+async def test_rbac_equals_the_calls_the_running_operator_makes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Record every request the real operator sends during a CR's life and compare with the ClusterRole:
+    a call without a rule would be a 403 in a cluster; a rule without a call is privilege nobody uses."""
+    monkeypatch.setenv("KUBECONFIG", "")  # restored after the test; the lifecycle points it at the emulator
+    dep = one(kustomize_build(MANIFESTS), "Deployment")
+    ctr = dep["spec"]["template"]["spec"]["containers"][0]
+    assert "args" not in ctr and "command" not in ctr, "the lifecycle runs the operator with default flags"
+    observed = await run_operator_lifecycle(tmp_path)
+    granted = rules_set(cluster_roles()["kustomize"])
+    assert observed - granted == set(), f"called but not granted (a 403): {sorted(observed - granted)}"
+    assert granted - observed == set(), f"granted but never called: {sorted(granted - observed)}"
