@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from e2e_env import (
     CHART_DIR,
-    CHECKPOINT_ARGS,
     CLUSTER_NAME,
     CPU_BASE,
     NAMESPACE,
@@ -26,11 +25,10 @@ from e2e_env import (
     ROOT,
     SERVER_IMAGE,
     apply,
+    checkpoint_server_manifests,
     existing_cluster,
     images_prebuilt,
     kubectl,
-    restricted_container_security,
-    restricted_pod_security,
     run,
     skip_reason,
 )
@@ -127,52 +125,6 @@ def operator(cluster: str, images: tuple[str, str]) -> Iterator[str]:
                 config.uninstall(RELEASE, ignore_not_found=True)
             finally:
                 config.close()
-
-
-def checkpoint_server_manifests(image: str) -> list[dict[str, object]]:
-    """deepdetect-checkpoints: the server image itself serves /srv over HTTP (python -m http.server);
-    an init container writes a fresh random-init checkpoint there. No internet, no extra image."""
-    labels = {"app.kubernetes.io/name": "deepdetect-checkpoints"}
-    out = "/srv/model.safetensors"
-    create = ["deepdetect-server", "checkpoint", "create", *CHECKPOINT_ARGS, "--out", out]
-    container_base = {
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "securityContext": restricted_container_security(),
-        "volumeMounts": [{"name": "srv", "mountPath": "/srv"}, {"name": "tmp", "mountPath": "/tmp"}],
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-    }
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "deepdetect-checkpoints", "namespace": NAMESPACE, "labels": labels},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "securityContext": restricted_pod_security(),
-                    "initContainers": [{"name": "create", "command": create, **container_base}],
-                    "containers": [{
-                        "name": "http",
-                        "command": ["python", "-m", "http.server", "8000", "--directory", "/srv"],
-                        "ports": [{"name": "http", "containerPort": 8000}],
-                        "readinessProbe": {"httpGet": {"path": "/model.safetensors", "port": "http"}},
-                        **container_base,
-                    }],
-                    "volumes": [{"name": "srv", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
-                },
-            },
-        },
-    }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "deepdetect-checkpoints", "namespace": NAMESPACE, "labels": labels},
-        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
-    }
-    return [deployment, service]
 
 
 @pytest.fixture(scope="session")

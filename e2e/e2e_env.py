@@ -157,3 +157,76 @@ def replace_checkpoint() -> None:
         " && mv /srv/next.safetensors /srv/model.safetensors"
     )
     kubectl("-n", NAMESPACE, "exec", "deploy/deepdetect-checkpoints", "-c", "http", "--", "sh", "-c", script)
+
+
+def checkpoint_server_manifests(image: str) -> list[dict[str, object]]:
+    """deepdetect-checkpoints: the server image itself serves /srv over HTTP (python -m http.server);
+    an init container writes a fresh random-init checkpoint there. No internet, no extra image."""
+    labels = {"app.kubernetes.io/name": "deepdetect-checkpoints"}
+    out = "/srv/model.safetensors"
+    create = ["deepdetect-server", "checkpoint", "create", *CHECKPOINT_ARGS, "--out", out]
+    container_base = {
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [{"name": "srv", "mountPath": "/srv"}, {"name": "tmp", "mountPath": "/tmp"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "deepdetect-checkpoints", "namespace": NAMESPACE, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "securityContext": restricted_pod_security(),
+                    "initContainers": [{"name": "create", "command": create, **container_base}],
+                    "containers": [{
+                        "name": "http",
+                        "command": ["python", "-m", "http.server", "8000", "--directory", "/srv"],
+                        "ports": [{"name": "http", "containerPort": 8000}],
+                        "readinessProbe": {"httpGet": {"path": "/model.safetensors", "port": "http"}},
+                        **container_base,
+                    }],
+                    "volumes": [{"name": "srv", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "deepdetect-checkpoints", "namespace": NAMESPACE, "labels": labels},
+        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }
+    return [deployment, service]
+
+
+def client_pod(name: str, script: str, env: dict[str, str], image: str) -> dict[str, Any]:
+    """A one-shot Python client in the server image (it has Pillow), restricted-compliant."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "labels": {"app.kubernetes.io/name": "e2e-client"},
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": restricted_pod_security(),
+            "containers": [{
+                "name": "client",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["python", "-c", script],
+                "env": [{"name": k, "value": v} for k, v in env.items()],
+                "securityContext": restricted_container_security(),
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+    }

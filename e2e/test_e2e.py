@@ -18,11 +18,10 @@ from e2e_env import (
     NAMESPACE,
     ROOT,
     apply,
+    client_pod,
     kubectl,
     kubectl_json,
     replace_checkpoint,
-    restricted_container_security,
-    restricted_pod_security,
     skip_reason,
     wait_for,
 )
@@ -86,33 +85,6 @@ DETECT_LOOP = textwrap.dedent(
     print(json.dumps({"ok": ok, "failed": failed, "errors": errors, "digests": digests}))
     """
 )
-
-
-def client_pod(name: str, script: str, env: dict[str, str], image: str) -> dict[str, Any]:
-    """A one-shot Python client in the server image (it has Pillow), restricted-compliant."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": NAMESPACE,
-            "labels": {"app.kubernetes.io/name": "e2e-client"},
-        },
-        "spec": {
-            "restartPolicy": "Never",
-            "securityContext": restricted_pod_security(),
-            "containers": [{
-                "name": "client",
-                "image": image,
-                "imagePullPolicy": "IfNotPresent",
-                "command": ["python", "-c", script],
-                "env": [{"name": k, "value": v} for k, v in env.items()],
-                "securityContext": restricted_container_security(),
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-            }],
-            "volumes": [{"name": "tmp", "emptyDir": {}}],
-        },
-    }
 
 
 def pod_finished(name: str) -> str | None:

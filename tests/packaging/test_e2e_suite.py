@@ -9,19 +9,25 @@ import os
 import re
 import subprocess
 import sys
+from types import ModuleType
 
 import pytest
-from packaging_helpers import ROOT
+from packaging_helpers import KUBE_VERSIONS, ROOT, restricted_violations, validate_strict
 
 
 @functools.cache
-def skip_reason() -> str | None:
-    """The e2e suite's own probe (e2e/e2e_env.py), loaded by path so e2e/ stays off sys.path."""
+def e2e_env() -> ModuleType:
+    """e2e/e2e_env.py, loaded by path so e2e/ stays off sys.path."""
     spec = importlib.util.spec_from_file_location("deepdetect_e2e_env", ROOT / "e2e" / "e2e_env.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    reason: str | None = module.skip_reason()
+    return module
+
+
+def skip_reason() -> str | None:
+    """The e2e suite's own probe of docker, its daemon, kind and kubectl."""
+    reason: str | None = e2e_env().skip_reason()
     return reason
 
 
@@ -66,3 +72,37 @@ def test_skip_reason_names_what_is_missing() -> None:
         r"|E2E_EXISTING_CLUSTER)",
         reason,
     ), reason
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_e2e_objects_validate_and_are_restricted(version: str) -> None:
+    """What the e2e suite applies (checkpoint server, client pods) is checked here too, offline: it must
+    pass strict validation and the `restricted` Pod Security Standard its namespace enforces, or the
+    suite would fail on a cluster for a reason unrelated to the product."""
+    env = e2e_env()
+    objects = [*env.checkpoint_server_manifests("deepdetect-server:e2e"),
+               env.client_pod("c", "print(1)", {"URL": "http://x"}, "deepdetect-server:e2e")]
+    for obj in objects:
+        validate_strict(obj, version)
+        pod = obj["spec"] if obj["kind"] == "Pod" else obj["spec"].get("template", {}).get("spec")
+        if pod is not None:
+            assert restricted_violations(pod) == [], obj["metadata"]["name"]
+
+
+def test_cpu_example_points_at_the_e2e_checkpoint_server() -> None:
+    """examples/cpu.yaml's checkpoint URI is the in-cluster server the e2e suite deploys (Service name,
+    namespace, port 80), and its model is the one the suite's checkpoint is created for."""
+    import yaml
+
+    env = e2e_env()
+    cr = yaml.safe_load((ROOT / "examples" / "cpu.yaml").read_text())
+    deployment, service = env.checkpoint_server_manifests("img")
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    assert cr["metadata"]["namespace"] == env.NAMESPACE == namespace
+    assert service["spec"]["ports"][0]["port"] == 80
+    assert cr["spec"]["model"]["checkpoint"]["uri"] == f"http://{name}.{namespace}.svc/model.safetensors"
+    args = env.CHECKPOINT_ARGS
+    assert cr["spec"]["model"]["architecture"] == args[args.index("--arch") + 1]
+    assert cr["spec"]["model"]["inputSize"] == int(args[args.index("--input-size") + 1])
+    init = deployment["spec"]["template"]["spec"]["initContainers"][0]["command"]
+    assert init[-1] == "/srv/model.safetensors"
