@@ -207,3 +207,64 @@ def test_flux_values_are_valid_chart_values() -> None:
     with helm_python.Chart.load(CHART_DIR) as chart:
         rendered = chart.render(values, name="deepdetect-operator", namespace="deepdetect-system")
     assert any("PrometheusRule" in text for text in rendered.values())
+
+
+def _deployment(desired: int, ready: int, updated: int, *, deadline: bool = False) -> dict[str, Any]:
+    progressing = {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}
+    if deadline:
+        progressing = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+    return {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": desired},
+        "status": {
+            "observedGeneration": 1,
+            "replicas": max(desired, updated),
+            "readyReplicas": ready,
+            "updatedReplicas": updated,
+            "availableReplicas": ready,
+            "conditions": [
+                {"type": "Available", "status": "True" if ready else "False"},
+                progressing,
+            ],
+        },
+    }
+
+
+OPERATOR_SCENARIOS: list[tuple[str, dict[str, Any], str]] = [
+    ("no Deployment yet", {"deployment": None}, "Progressing"),
+    ("rolling out", {"deployment": _deployment(2, 1, 1)}, "Progressing"),
+    ("all replicas ready", {"deployment": _deployment(2, 2, 2)}, "Healthy"),
+    ("progress deadline, nothing ready", {"deployment": _deployment(1, 0, 1, deadline=True)}, "Degraded"),
+    ("serving but a referenced Secret is missing", {"deployment": _deployment(1, 1, 1), "problem": (
+        "SecretNotFound", "secret faces-creds not found")}, "Degraded"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "inputs", "health"), OPERATOR_SCENARIOS, ids=[c[0] for c in OPERATOR_SCENARIOS]
+)
+def test_argocd_health_of_operator_statuses(case: str, inputs: dict[str, Any], health: str) -> None:
+    """The operator's own status computation (status.compute_status) produces the status; the health
+    check must read it as an operator on call would."""
+    from deepdetect_operator.api import DeepDetectServiceStatus
+    from deepdetect_operator.status import (
+        CheckpointResult,
+        Problem,
+        StatusInputs,
+        compute_status,
+        dump_status,
+    )
+
+    problem = Problem(*inputs["problem"]) if "problem" in inputs else None
+    status = compute_status(StatusInputs(
+        generation=2,
+        previous=DeepDetectServiceStatus(),
+        now=T0,
+        selector="app.kubernetes.io/instance=faces",
+        endpoint="http://faces.trust-safety.svc:80",
+        deployment=inputs["deployment"],
+        problem=problem,
+        checkpoint=CheckpointResult(ok=True, message="resolved"),
+    ))
+    result = run_health(dds(dump_status(status)))
+    assert result["status"] == health, (dump_status(status), result)
