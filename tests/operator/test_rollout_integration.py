@@ -121,8 +121,14 @@ async def test_new_digest_rolls_and_deadline_rolls_back(
     bad = http_checkpoint.publish(b"checkpoint v2, which will never become ready")
     assert bad != good
     await eventually(lambda: template_digest(cluster, "faces") == bad, message="new digest in the template")
-    rollout = cluster.status("faces")["rollout"]
-    assert rollout["state"] == "Progressing" and rollout["targetDigest"] == bad
+    # The template is applied first, status written at the end of the same pass.
+    await eventually(
+        lambda: (
+            cluster.status("faces")["rollout"].items()
+            >= {"state": "Progressing", "targetDigest": bad}.items()
+        ),
+        message="rollout Progressing",
+    )
     assert cluster.status("faces")["model"]["digest"] == bad
     await eventually(lambda: cluster.events("RolloutStarted"), message="RolloutStarted event")
 
