@@ -31,15 +31,42 @@ access_log = logging.getLogger("deepdetect.access")
 _PROBES = {"/v2/health/live", "/v2/health/ready", "/metrics"}
 
 
-async def _send_error(send: Send, exc: PayloadTooLarge | BadRequest) -> None:
+# An early answer (413, 401, 415...) while the client is still sending would make the kernel reset the
+# connection, and the client would see "connection reset" instead of our status. So before the last byte of
+# such a response we read and discard what is left of the body, bounded in bytes and time (nginx's
+# lingering close), never keeping it.
+_LINGER_BYTES = 8 * 1024 * 1024
+_LINGER_S = 2.0
+
+
+async def _linger(receive: Receive) -> None:
+    import asyncio
+
+    deadline = time.monotonic() + _LINGER_S
+    seen = 0
+    while seen <= _LINGER_BYTES:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            message = await asyncio.wait_for(receive(), remaining)
+        except TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+def _error_messages(exc: PayloadTooLarge | BadRequest) -> tuple[Message, bytes]:
     import json
 
     body = json.dumps({"error": exc.message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"connection", b"close")]
     headers += [(k.lower().encode(), v.encode()) for k, v in headers_for(exc).items()]
-    await send({"type": "http.response.start", "status": status_for(exc), "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    return {"type": "http.response.start", "status": status_for(exc), "headers": headers}, body
 
 
 class BodyLimitMiddleware:
@@ -54,26 +81,37 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.max_bytes
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                await _send_error(send, BadRequest("invalid Content-Length"))
-                return
-            if int(declared) > limit:
-                await _send_error(send, _too_large(limit))
-                return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        has_body = (declared not in (None, b"0")) or b"chunked" in headers.get(b"transfer-encoding", b"")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            error = BadRequest("invalid Content-Length") if not declared.isdigit() else _too_large(limit)
+            start, body = _error_messages(error)
+            await send(start)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            await _linger(receive)
+            await send({"type": "http.response.body", "body": b""})
+            return
         received = 0
+        body_done = not has_body
 
         async def counted() -> Message:
-            nonlocal received
+            nonlocal received, body_done
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > limit:
                     raise _too_large(limit)  # the route's body read fails; the error table answers 413
             return message
 
-        await self.app(scope, counted, send)
+        async def lingering_send(message: Message) -> None:
+            final = message["type"] == "http.response.body" and not message.get("more_body", False)
+            if final and not body_done:
+                await _linger(receive)
+            await send(message)
+
+        await self.app(scope, counted, lingering_send)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
