@@ -38,6 +38,9 @@ class ServerSettings(BaseSettings):
     max_queue: int = Field(256, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
     decode_workers: int = Field(0, ge=0, description="0 = number of CPUs")
+    cpu_threads: int = Field(
+        0, ge=0, description="torch intra-op threads on CPU; 0 = the CPUs this container may use (cgroup)"
+    )
 
     # Input limits
     max_upload_mb: float = Field(50.0, gt=0)

@@ -75,7 +75,8 @@ class Core:
         started = time.perf_counter()
         loaded = await asyncio.to_thread(load_checkpoint, s.checkpoint, s.checkpoint_sha256)
         self.card, self.digest = loaded.card, loaded.digest
-        self.detector = await asyncio.to_thread(Detector, loaded.card, loaded.tensors, s.device, s.precision)
+        self.detector = await asyncio.to_thread(
+            Detector, loaded.card, loaded.tensors, s.device, s.precision, s.cpu_threads)
         del loaded  # the model holds its own copy of the weights now
         self._preprocess = Preprocessor(self.card, s.max_image_pixels)
         self._pool = ThreadPoolExecutor(max_workers=s.decode_workers or os.cpu_count() or 1,

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +26,31 @@ from .preprocess import normalize_batch
 log = logging.getLogger("deepdetect.model")
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: affinity, capped by a cgroup CPU quota (a pod's CPU limit).
+
+    torch defaults to every core of the node; under a 4-CPU limit on a 64-core node that oversubscribes the
+    quota and the forward pass stalls on throttling and spinning threads.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def _cgroup_quota() -> float | None:
+    try:  # cgroup v2: "max 100000" or "400000 100000"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return quota_us / period_us if quota_us > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,11 +72,14 @@ class Detector:
         tensors: dict[str, torch.Tensor],
         device: str = "auto",
         precision: str = "fp32",
+        cpu_threads: int = 0,
     ) -> None:
         import timm
 
         self.card = card
         self.device = resolve_device(device)
+        # OpenMP thread counts are per calling thread: predict() applies this on the thread it runs on.
+        self.cpu_threads = (cpu_threads or available_cpus()) if self.device.type == "cpu" else 0
         self.precision = precision
         if self.device.type != "cuda" and precision != "fp32":
             # Half precision on CPU is slower and less exact than fp32: say so rather than fail.
@@ -74,6 +105,8 @@ class Detector:
 
     def predict(self, images: Sequence[np.ndarray] | torch.Tensor) -> list[float]:
         """Probability of the positive label for each uint8 HWC image of the batch."""
+        if self.cpu_threads and torch.get_num_threads() != self.cpu_threads:
+            torch.set_num_threads(self.cpu_threads)
         batch = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.stack(images))
         with torch.inference_mode():
             if self.device.type == "cuda":

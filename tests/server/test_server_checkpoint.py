@@ -167,3 +167,23 @@ def test_tensors_that_do_not_fit_the_architecture_are_refused(tmp_path: Path) ->
     wrong = loaded.card.model_copy(update={"architecture": "test_resnet"})
     with pytest.raises(CheckpointError, match="do not fit test_resnet"):
         Detector(wrong, loaded.tensors, device="cpu")
+
+
+def test_cpu_threads_follow_the_setting_on_the_forward_thread(checkpoint: Path) -> None:
+    import threading
+
+    from deepdetect_server.model import available_cpus
+
+    loaded = load_checkpoint(checkpoint)
+    assert Detector(loaded.card, loaded.tensors, device="cpu").cpu_threads == available_cpus() >= 1
+    det = Detector(loaded.card, loaded.tensors, device="cpu", cpu_threads=1)
+    seen: list[int] = []
+
+    def forward() -> None:
+        det.predict(torch.zeros((1, 160, 160, 3), dtype=torch.uint8))
+        seen.append(torch.get_num_threads())
+
+    t = threading.Thread(target=forward)
+    t.start()
+    t.join()
+    assert seen == [1]
