@@ -372,6 +372,7 @@ async def run_operator_lifecycle(tmp_path: Path) -> set[tuple[str, str, str]]:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:kmock.*")
 async def test_rbac_equals_the_calls_the_running_operator_makes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
