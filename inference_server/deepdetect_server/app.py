@@ -8,9 +8,10 @@ unbounded body is never buffered, whatever Content-Length claims.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,7 +23,15 @@ from . import __version__
 from .api import install_error_handlers, register_routes
 from .config import ServerSettings
 from .core import Core
-from .errors import BadRequest, PayloadTooLarge, StartupError, headers_for, status_for
+from .errors import (
+    BadRequest,
+    DeepDetectError,
+    NotReady,
+    PayloadTooLarge,
+    StartupError,
+    headers_for,
+    status_for,
+)
 from .metrics import Metrics
 
 log = logging.getLogger("deepdetect.app")
@@ -40,8 +49,6 @@ _LINGER_S = 2.0
 
 
 async def _linger(receive: Receive) -> None:
-    import asyncio
-
     deadline = time.monotonic() + _LINGER_S
     seen = 0
     while seen <= _LINGER_BYTES:
@@ -59,7 +66,7 @@ async def _linger(receive: Receive) -> None:
             return
 
 
-def _error_messages(exc: PayloadTooLarge | BadRequest) -> tuple[Message, bytes]:
+def _error_messages(exc: DeepDetectError) -> tuple[Message, bytes]:
     import json
 
     body = json.dumps({"error": exc.message}).encode()
@@ -121,10 +128,13 @@ def _too_large(limit: int) -> PayloadTooLarge:
 class ObserveMiddleware:
     """requests_total, request_duration_seconds, inflight_requests by route template; one log line each."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[Any]) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, routes: list[Any], draining: Callable[[], bool]
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.routes = routes
+        self.draining = draining
 
     def _template(self, scope: Scope) -> str:
         for route in self.routes:
@@ -139,17 +149,27 @@ class ObserveMiddleware:
             return
         route = self._template(scope)
         status = 500
+        responded = False
         started = time.perf_counter()
 
         async def send_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
             await send(message)
 
         self.metrics.inflight.inc()
         try:
             await self.app(scope, receive, send_status)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is left when the grace period runs out. A clean 503 tells the client
+            # to retry elsewhere; a dropped connection would not. Nothing else cancels a request task.
+            if responded or not self.draining():
+                raise
+            start, body = _error_messages(NotReady("server is shutting down: request not processed, retry"))
+            status = 503
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.inflight.dec()
@@ -177,12 +197,13 @@ def create_app(settings: ServerSettings, core: Core | None = None) -> FastAPI:
             yield
         finally:
             # uvicorn has already waited for in-flight requests; this frees the queue, threads and GPU.
-            await core.stop(grace_s=max(0.5, settings.shutdown_grace_s / 4))
+            await core.stop(grace_s=core.stop_budget(default_s=max(0.5, settings.shutdown_grace_s / 4)))
 
     app = FastAPI(title="DeepDetect inference server", version=__version__, lifespan=lifespan)
     app.state.core = core
     install_error_handlers(app)
     register_routes(app, core)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
-    app.add_middleware(ObserveMiddleware, metrics=core.metrics, routes=app.router.routes)
+    app.add_middleware(ObserveMiddleware, metrics=core.metrics, routes=app.router.routes,
+                       draining=lambda: core.state in ("draining", "stopped"))
     return app

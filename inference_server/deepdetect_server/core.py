@@ -45,6 +45,7 @@ class Core:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.state: State = "new"
+        self.exit_by: float | None = None  # monotonic deadline set by SIGTERM
         self.card: ModelCard | None = None
         self.digest = ""
         self.auth: ApiKeyAuth | NoAuth = NoAuth()
@@ -90,18 +91,27 @@ class Core:
                                        architecture=self.card.architecture).set(1)
         if self.detector.device.type == "cuda":
             self.metrics.bind_gpu(self.detector.device.index or 0)
-        self.state = "ready"
+        if self.state == "loading":  # a SIGTERM during start-up keeps us draining
+            self.state = "ready"
         log.info("model ready", extra={
             "model": s.model_name, "digest": self.digest, "architecture": self.card.architecture,
             "device": str(self.detector.device), "precision": self.detector.precision,
             "decode": self.card.decode, "load_s": round(time.perf_counter() - started, 3),
             "warmup_s": round(warm_s, 3)})
 
-    def begin_drain(self) -> None:
-        """SIGTERM: stop being ready at once; accepted work still finishes."""
+    def begin_drain(self, exit_by: float | None = None) -> None:
+        """SIGTERM: stop being ready at once; accepted work still finishes, before `exit_by` (monotonic)."""
+        if exit_by is not None:
+            self.exit_by = exit_by
         if self.state in ("ready", "loading", "new"):
             self.state = "draining"
             log.info("draining: readiness is now false")
+
+    def stop_budget(self, default_s: float) -> float:
+        """Seconds left for the final stop: what remains of the grace period, when a signal set one."""
+        if self.exit_by is None:
+            return default_s
+        return max(0.0, self.exit_by - time.monotonic() - 0.2)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         self.begin_drain()

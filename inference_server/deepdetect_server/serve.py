@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import socket
+import sys
 import time
 from pathlib import Path
 from types import FrameType
@@ -35,17 +37,18 @@ STARTUP_FAILED = 3
 class GracefulServer(uvicorn.Server):
     """uvicorn.Server whose first SIGTERM/SIGINT drains before it shuts down."""
 
-    def __init__(self, config: uvicorn.Config, core: Core, drain_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, core: Core, drain_s: float, grace_s: float) -> None:
         super().__init__(config)
         self.core = core
         self.drain_s = drain_s
+        self.grace_s = grace_s
         self.drain_started: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.drain_started is None and not self.should_exit:
             # Runs in the signal handler: only flip flags, the main loop's tick does the rest.
             self.drain_started = time.monotonic()
-            self.core.begin_drain()
+            self.core.begin_drain(exit_by=self.drain_started + self.grace_s)
             return
         self.should_exit = True  # second signal: stop draining, shut down now
 
@@ -67,7 +70,7 @@ def build_server(settings: ServerSettings) -> GracefulServer:
     in_flight_s = max(0.1, settings.shutdown_grace_s - drain_s - 1.0)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                             lifespan="on", timeout_graceful_shutdown=in_flight_s, server_header=False)
-    return GracefulServer(config, core, drain_s)
+    return GracefulServer(config, core, drain_s, settings.shutdown_grace_s)
 
 
 def serve(settings: ServerSettings, sock: socket.socket | None = None) -> int:
@@ -98,4 +101,10 @@ def run(args: argparse.Namespace) -> int:
              "threshold", "max_batch_size", "max_delay_ms", "auth_mode", "api_key_file", "log_level")
     settings = load_settings(args.config, **{n: getattr(args, n) for n in names})
     setup_logging(settings.log_level)
-    return serve(settings)
+    code = serve(settings)
+    # Everything is closed and freed by now. Interpreter teardown with torch loaded still takes one to two
+    # seconds of C destructors, which would eat into the grace period: flush and leave.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -89,6 +90,53 @@ def test_sigterm_under_load_loses_no_accepted_request(checkpoint: Path, tmp_path
     assert {"model ready", "draining: readiness is now false", "stopped"} <= messages
     served = [r for r in records if r.get("route") == "/v1/detect" and r.get("status") == 200]
     assert len(served) == len(images) + 3
+
+
+def test_backlog_longer_than_the_grace_period_still_exits_in_time(tmp_path: Path, photo_arrays) -> None:
+    """More accepted work than the grace allows: the process still exits on time, and says so in a 503
+    or a closed connection, never by hanging."""
+    from server_helpers import make_checkpoint
+
+    slow = make_checkpoint(tmp_path / "slow.safetensors", 320)
+    grace = 3.0
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "DEEPDETECT_SHUTDOWN_DRAIN_S": "0.5", "DEEPDETECT_SHUTDOWN_GRACE_S": str(grace),
+           "DEEPDETECT_MAX_BATCH_SIZE": "2", "DEEPDETECT_DECODE_WORKERS": "1", "DEEPDETECT_MAX_QUEUE": "1000"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deepdetect_server.cli", "serve", "--checkpoint", str(slow),
+         "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"], stderr=subprocess.DEVNULL, env=env)
+    exited: list[float] = []
+    watcher = threading.Thread(target=lambda: (proc.wait(), exited.append(time.monotonic())), daemon=True)
+    watcher.start()
+    try:
+        wait_ready(url, proc)
+        images = [jpeg(arr, side=1400) for arr in photo_arrays.values()] * 60
+
+        async def scenario() -> tuple[list[object], float]:
+            limits = httpx.Limits(max_connections=len(images))
+            async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as ac:
+                load = [asyncio.create_task(ac.post("/v1/detect", content=img)) for img in images]
+                await asyncio.sleep(0.5)
+                proc.send_signal(signal.SIGTERM)
+                sent = time.monotonic()
+                return list(await asyncio.gather(*load, return_exceptions=True)), sent
+
+        outcomes, sent = asyncio.run(scenario())
+        code = proc.wait(timeout=grace + 5)
+        watcher.join(timeout=5)
+        exit_s = exited[0] - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0 and exit_s < grace + 0.5  # interpreter exit is the only slack
+    ok = [o for o in outcomes if isinstance(o, httpx.Response) and o.status_code == 200]
+    refused = [o for o in outcomes if isinstance(o, httpx.Response) and o.status_code == 503]
+    dropped = [o for o in outcomes if isinstance(o, httpx.TransportError)]
+    assert ok and refused  # the backlog is told to retry elsewhere
+    assert all("shutting down" in r.json()["error"] for r in refused)
+    assert len(ok) + len(refused) + len(dropped) == len(images)
 
 
 def test_pinned_digest_mismatch_refuses_to_start(checkpoint: Path, tmp_path: Path) -> None:
