@@ -37,7 +37,7 @@ class ServerSettings(BaseSettings):
     max_delay_ms: float = Field(5.0, ge=0.0, le=10_000)
     max_queue: int = Field(256, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
-    decode_workers: int = Field(0, ge=0, description="0 = number of CPUs")
+    decode_workers: int = Field(0, ge=0, description="0 = the CPUs this container may use (cgroup)")
     cpu_threads: int = Field(
         0, ge=0, description="torch intra-op threads on CPU; 0 = the CPUs this container may use (cgroup)"
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from .checkpoint import ModelCard, load_checkpoint
 from .config import ServerSettings
 from .errors import DeadlineExceeded, ModelNotFound, NotReady
 from .metrics import Metrics
-from .model import Detector
+from .model import Detector, available_cpus
 from .preprocess import Preprocessor
 
 log = logging.getLogger("deepdetect.core")
@@ -80,7 +79,7 @@ class Core:
             Detector, loaded.card, loaded.tensors, s.device, s.precision, s.cpu_threads)
         del loaded  # the model holds its own copy of the weights now
         self._preprocess = Preprocessor(self.card, s.max_image_pixels)
-        self._pool = ThreadPoolExecutor(max_workers=s.decode_workers or os.cpu_count() or 1,
+        self._pool = ThreadPoolExecutor(max_workers=s.decode_workers or available_cpus(),
                                         thread_name_prefix="deepdetect-decode")
         sizes = (1, s.max_batch_size) if self.detector.device.type == "cuda" else (1,)
         warm_s = await asyncio.to_thread(self.detector.warmup, s.warmup_batches, sizes)
