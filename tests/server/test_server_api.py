@@ -136,9 +136,19 @@ def _stream(total: int, chunk: int = 64 * 1024) -> Iterator[bytes]:
         sent += chunk
 
 
+def _multipart_stream(total: int) -> Iterator[bytes]:
+    yield (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+           b"Content-Type: image/jpeg\r\n\r\n")
+    yield from _stream(total)
+    yield b"\r\n--xyz--\r\n"
+
+
 CASES = {
     "oversize": (lambda p: {"content": b"\xff\xd8\xff" + b"\0" * int(UPLOAD_MB * 1024 * 1024 + 10)}, 413),
     "oversize_streamed": (lambda p: {"content": _stream(int(UPLOAD_MB * 1024 * 1024 * 1.5))}, 413),
+    "oversize_multipart_streamed": (lambda p: {
+        "content": _multipart_stream(int(UPLOAD_MB * 1024 * 1024 * 1.5)),
+        "headers": {**AUTH, "Content-Type": "multipart/form-data; boundary=xyz"}}, 413),
     "wrong_type": (lambda p: {"content": b"%PDF-1.7 not an image" * 10}, 415),
     "truncated": (lambda p: {"content": p["coffee"][: len(p["coffee"]) // 2]}, 400),
     "bomb": (lambda p: {"content": _bomb()}, 422),
