@@ -62,7 +62,7 @@ async def test_batch_leaves_after_the_delay_when_not_full() -> None:
 
 async def test_items_arriving_within_the_delay_join_the_batch() -> None:
     run = Recorder()
-    b = await started(run, max_batch_size=100, max_delay_ms=150)
+    b = await started(run, max_batch_size=100, max_delay_ms=400)
 
     async def late(i: int, after: float) -> list[int]:
         await asyncio.sleep(after)
