@@ -9,6 +9,7 @@ unbounded body is never buffered, whatever Content-Length claims.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -67,8 +68,6 @@ async def _linger(receive: Receive) -> None:
 
 
 def _error_messages(exc: DeepDetectError) -> tuple[Message, bytes]:
-    import json
-
     body = json.dumps({"error": exc.message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"connection", b"close")]
