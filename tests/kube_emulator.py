@@ -14,7 +14,11 @@ kube-apiserver does:
 - a failed JSON-patch `test` answers 422 (kmock: 500);
 - label selectors (and `metadata.name`/`metadata.namespace` field selectors) on list and watch;
 - `GET/POST /api/v1/namespaces` (kmock crashes on them);
-- DELETE honouring finalizers, and background garbage collection of dependents by owner reference uid.
+- DELETE honouring finalizers, and background garbage collection of dependents by owner reference uid;
+- watch streams that end after `timeoutSeconds`, as the real server's do.
+
+Resource requests are served directly (kmock's DSL dispatch is quadratic in the number of recorded
+requests, too slow for the 1000-CR benchmark); `fail_next` injects API errors for fault tests.
 
 What it still is not: no validation, defaulting, admission, real SSA list merging, or controllers (a
 Deployment never gets status by itself: tests call `set_status`).
@@ -145,6 +149,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     _rv: int = attrs.field(default=1000, init=False)
     _namespaces: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    _faults: list[list[Any]] = attrs.field(factory=list, init=False)
 
     # ------------------------------------------------------------ helpers for tests
 
@@ -367,13 +372,42 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return await self._serve_namespaces(raw_request, match.group("name"))
         return await super().__call__(raw_request)
 
+    def fail_next(self, method: str, path: str, status: int = 500, times: int = 1) -> None:
+        """Fault injection: the next `times` requests with this method and a path matching the regex `path`
+        get `status` (a `Status` body), before any other processing."""
+        self._faults.append([method.upper(), re.compile(path), status, times])
+
+    def _injected_fault(self, request: rendering.Request) -> int | None:
+        for fault in self._faults:
+            method, pattern, status, times = fault
+            if times > 0 and request.method.value == method and pattern.search(str(request.url.path)):
+                fault[3] -= 1
+                return int(status)
+        return None
+
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        # kmock's DSL dispatch checks each reaction against every request recorded so far (quadratic);
+        # resource requests are served directly, the rest (discovery) goes through the DSL as usual.
+        fault = self._injected_fault(request)
+        if fault is not None:
+            return await self._render_error(k8s.KubernetesError(status=fault, reason="Injected"))
         resource = request.resource
-        is_put = request.method == enums.method.PUT and bool(request.name)
-        mutating = is_put or request.action in (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
-        if resource is None or not mutating or (request.action != enums.action.CREATE and not request.name):
+        if resource is None or resource.plural is None:
             return await apps.RawHandler._handle(self, request)
+        is_put = request.method == enums.method.PUT and bool(request.name)
         try:
+            if request.action == enums.action.WATCH:
+                return await self._stream_watch(request)
+            if request.action == enums.action.LIST:
+                return aiohttp.web.json_response(self._serve_list(request))
+            if request.action == enums.action.FETCH:
+                return aiohttp.web.json_response(await self._serve_fetch(request))
+            if not (
+                is_put or request.action in (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
+            ):
+                return await apps.RawHandler._handle(self, request)
+            if request.action != enums.action.CREATE and not request.name:
+                return await apps.RawHandler._handle(self, request)
             async with self._lock:
                 if request.action == enums.action.CREATE:
                     result = await self._create(resource, request.namespace, request.data or {})
@@ -398,6 +432,22 @@ class KubeEmulator(kmock.KubernetesEmulator):
         except k8s.KubernetesError as exc:
             return await self._render_error(exc)
         return aiohttp.web.json_response(result, status=status)
+
+    async def _stream_watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """A watch stream that, like the real server, ends after `timeoutSeconds`."""
+        assert request._raw_request is not None
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request._raw_request)
+        timeout = float(request.params.get("timeoutSeconds") or 0) or None
+        try:
+            async with asyncio.timeout(timeout):
+                async for event in self._serve_watch(request):
+                    if isinstance(event, dict):
+                        await response.write(json.dumps(event).encode() + b"\n")
+        except TimeoutError:
+            pass
+        await response.write_eof()
+        return response
 
     def _serve_list(self, request: rendering.Request) -> rendering.Payload:  # type: ignore[override]
         if request.resource not in self._get_resources():

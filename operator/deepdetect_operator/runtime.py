@@ -73,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-format", choices=("json", "plain", "full"), default="json")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
 
 def config_from_args(args: argparse.Namespace) -> OperatorConfig:
@@ -152,18 +153,18 @@ async def run_operator(
     )
 
 
-def configure_logging(log_format: str, verbose: bool) -> None:
-    fmt = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}[
-        log_format
-    ]
-    kopf.configure(
-        verbose=verbose, log_format=fmt, log_refkey="object" if fmt == kopf.LogFormat.JSON else None
-    )
+_FORMATS = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}
+
+
+def configure_logging(log_format: str, verbose: bool, quiet: bool = False) -> None:
+    fmt = _FORMATS[log_format]
+    refkey = "object" if fmt == kopf.LogFormat.JSON else None
+    kopf.configure(verbose=verbose, quiet=quiet, log_format=fmt, log_refkey=refkey)
 
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    configure_logging(args.log_format, args.verbose)
+    configure_logging(args.log_format, args.verbose, args.quiet)
     memo = build_memo(config)
     if config.metrics_port:
         memo.reconciler.metrics.serve(config.metrics_port)

@@ -217,7 +217,9 @@ def compute_status(inp: StatusInputs) -> DeepDetectServiceStatus:
         if view.deadline_exceeded:
             put(COND_PROGRESSING, "False", REASON_DEADLINE, "the rollout missed its progress deadline")
         elif view.complete:
-            put(COND_PROGRESSING, "False", "RolloutComplete", inp.rollout_message or "all replicas updated")
+            # A fixed message: the rollout verdict's wording differs between the pass that sees completion
+            # and the next ones, and status must not change when nothing did.
+            put(COND_PROGRESSING, "False", "RolloutComplete", "all replicas updated and available")
         else:
             msg = inp.rollout_message or f"{view.updated}/{view.desired} replicas updated"
             put(COND_PROGRESSING, "True", "RollingOut", msg)

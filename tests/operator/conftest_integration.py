@@ -165,7 +165,7 @@ class Cluster:
 
     async def quiet(self, seconds: float | None = None) -> int:
         """Wait until no request has arrived for a while; return the index of the next request."""
-        span = seconds if seconds is not None else self.config.tick_seconds * 2
+        span = seconds if seconds is not None else self.config.resync_seconds * 1.5
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             before = len(self.emu.writes())

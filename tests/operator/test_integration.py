@@ -167,7 +167,8 @@ async def test_noop_resync_makes_zero_writes(cluster: Cluster, checkpoint: tuple
     passes = cluster.memo.reconciler.passes
     # Several resync periods: the operator reads, compares, and writes nothing at all.
     await eventually(lambda: cluster.memo.reconciler.passes >= passes + 3, message="resyncs", within=10)
-    assert cluster.emu.writes(since) == []
+    writes = [(w.url.path, w.data) for w in cluster.emu.writes(since)]
+    assert not writes, writes
     reads = [
         r
         for r in cluster.emu.recorded[since:]

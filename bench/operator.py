@@ -1,0 +1,233 @@
+"""Operator benchmark: the real operator process against the kmock-based API server, 100 and 1000 CRs.
+
+Prints, per size: seconds until every CR is reconciled (status observed for its generation and its
+Deployment present), API writes per CR (ours and kopf's bookkeeping), writes during a no-op resync
+(target 0) and the operator's peak RSS. The operator runs as `python -m deepdetect_operator run` in a
+child process (so its RSS is its own), logged in through a kubeconfig pointing at the emulator, which
+runs here. Not part of `make test`: `make bench` or `.venv/bin/python bench/operator.py [--sizes 100 1000]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from kube_emulator import KubeEmulator, make_emulator  # noqa: E402
+
+CRS = "deepdetect.io/v1alpha1/deepdetectservices"
+DEPLOYMENTS = "apps/v1/deployments"
+NS_COUNT = 10
+
+
+@dataclass
+class Result:
+    size: int
+    reconcile_s: float
+    writes_per_cr: float
+    ours_per_cr: float
+    kopf_per_cr: float
+    reads_per_cr: float
+    noop_writes: int
+    noop_window_s: float
+    peak_rss_mb: float
+
+
+def _kubeconfig(path: Path, server: str) -> None:
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emu", "cluster": {"server": server}}],
+        "users": [{"name": "emu", "user": {"token": "bench"}}],
+        "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}],
+        "current-context": "emu",
+    }
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def _cr(i: int, uri: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "deepdetect.io/v1alpha1",
+        "kind": "DeepDetectService",
+        "metadata": {"name": f"svc-{i:04d}", "namespace": f"team-{i % NS_COUNT}"},
+        "spec": {
+            "model": {"architecture": "efficientnet_b0", "checkpoint": {"uri": uri, "pollInterval": "0"}},
+            "resources": {"gpus": 1},
+        },
+    }
+
+
+def _reconciled(emu: KubeEmulator) -> int:
+    done = 0
+    deployments = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in emu.list_objects(DEPLOYMENTS)}
+    for cr in emu.list_objects(CRS):
+        meta, status = cr["metadata"], cr.get("status") or {}
+        if status.get("observedGeneration") == meta.get("generation") and (
+            meta["namespace"],
+            meta["name"],
+        ) in (deployments):
+            done += 1
+    return done
+
+
+class RssSampler:
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.Error:
+                return
+            await asyncio.sleep(0.1)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _agent(req: Any) -> str:
+    for key, value in req.headers.items():
+        if key.lower() == "user-agent":
+            return str(value)
+    return ""
+
+
+async def run_size(size: int, checkpoint_uri: str, workdir: Path) -> Result:
+    emu = make_emulator()
+    async with emu, kmock.Server(emu) as server:
+        kubeconfig = workdir / f"kubeconfig-{size}"
+        _kubeconfig(kubeconfig, str(server.url).rstrip("/"))
+        resync = max(5.0, size / 50)
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT / "operator")}
+        cmd = [
+            sys.executable, "-m", "deepdetect_operator", "run", "--quiet", "--log-format", "plain",
+            "--metrics-port", "0", "--liveness", "", "--resync-seconds", str(resync), "--tick-seconds", "1",
+        ]  # fmt: skip
+        log = (workdir / f"operator-{size}.log").open("wb")
+        proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        try:
+            await asyncio.sleep(1.0)  # let it log in and start its watches
+            start_index = len(emu.recorded)
+            t0 = time.monotonic()
+            async with aiohttp.ClientSession(base_url=str(server.url)) as http:
+                sem = asyncio.Semaphore(32)
+
+                async def create(i: int) -> None:
+                    body = _cr(i, checkpoint_uri)
+                    ns = body["metadata"]["namespace"]
+                    async with sem:
+                        resp = await http.post(
+                            f"/apis/deepdetect.io/v1alpha1/namespaces/{ns}/deepdetectservices", json=body
+                        )
+                        resp.raise_for_status()
+
+                await asyncio.gather(*(create(i) for i in range(size)))
+            deadline = t0 + 600
+            while _reconciled(emu) < size:
+                if time.monotonic() > deadline or proc.returncode is not None:
+                    err = (workdir / f"operator-{size}.log").read_text()[-2000:]
+                    raise RuntimeError(f"only {_reconciled(emu)}/{size} reconciled; {err}")
+                await asyncio.sleep(0.2)
+            reconcile_s = time.monotonic() - t0
+            _progress(f"{size}: reconciled in {reconcile_s:.1f}s; settling")
+            # Settle: wait until nobody writes for a few seconds.
+            quiet_since, last_writes = time.monotonic(), len(emu.writes(start_index))
+            while time.monotonic() - quiet_since < 3:
+                await asyncio.sleep(0.5)
+                now_writes = len(emu.writes(start_index))
+                if now_writes != last_writes:
+                    quiet_since, last_writes = time.monotonic(), now_writes
+            writes = emu.writes(start_index)
+            ours = sum(1 for w in writes if _agent(w).startswith("deepdetect-operator"))
+            reads = sum(
+                1
+                for r in emu.recorded[start_index:]
+                if r.method.value == "GET" and _agent(r).startswith("deepdetect")
+            )
+            _progress(f"{size}: settled after {time.monotonic() - t0:.1f}s; measuring a no-op resync")
+            # No-op resync: every CR is re-read (its GET) at least once; count the writes meanwhile.
+            mark = len(emu.recorded)
+            t1 = time.monotonic()
+            while True:
+                seen = {
+                    str(r.url.path)
+                    for r in emu.recorded[mark:]
+                    if r.method.value == "GET" and "/deepdetectservices/" in str(r.url.path)
+                }
+                if len(seen) >= size or time.monotonic() - t1 > resync * 3 + 30:
+                    break
+                await asyncio.sleep(0.5)
+            noop_writes = len(emu.writes(mark))
+            noop_window = time.monotonic() - t1
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+            await sampler.stop()
+            log.close()
+    return Result(
+        size=size,
+        reconcile_s=reconcile_s,
+        writes_per_cr=len(writes) / size,
+        ours_per_cr=ours / size,
+        kopf_per_cr=(len(writes) - ours) / size,
+        reads_per_cr=reads / size,
+        noop_writes=noop_writes,
+        noop_window_s=noop_window,
+        peak_rss_mb=sampler.peak / 2**20,
+    )
+
+
+async def main(sizes: list[int]) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        ckpt = workdir / "model.safetensors"
+        ckpt.write_bytes(hashlib.sha256(b"bench").digest() * 1024)
+        results = [await run_size(size, f"file://{ckpt}", workdir) for size in sizes]
+    print("operator benchmark (kmock-based API server, operator in a child process)")
+    print(f"{'CRs':>6} {'reconcile s':>12} {'CR/s':>7} {'writes/CR':>10} {'(ours+kopf)':>12} {'reads/CR':>9} "
+          f"{'no-op writes':>13} {'peak RSS MB':>12}")  # fmt: skip
+    for r in results:
+        print(
+            f"{r.size:>6} {r.reconcile_s:>12.1f} {r.size / r.reconcile_s:>7.1f} {r.writes_per_cr:>10.2f} "
+            f"{f'{r.ours_per_cr:.2f}+{r.kopf_per_cr:.2f}':>12} {r.reads_per_cr:>9.1f} "
+            f"{r.noop_writes:>5} in {r.noop_window_s:>4.0f}s {r.peak_rss_mb:>12.0f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
+    raise SystemExit(asyncio.run(main(parser.parse_args().sizes)))
