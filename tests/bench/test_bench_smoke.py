@@ -1,0 +1,57 @@
+"""Smoke tests for the benchmarks: the code paths run and the output keeps its format.
+
+They assert no speed: this machine is shared and tiny settings measure nothing. What they protect is the
+contract other people read: bench/server.py's table and its last line, `ratios: server/naive=X.XX
+server/bare=Y.YY`, and bench/bare.py's raw path that bench/gpu.sh runs on a lent GPU.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RATIOS = re.compile(r"^ratios: server/naive=(\d+\.\d\d|nan) server/bare=(\d+\.\d\d|nan)$")
+ROW = re.compile(r"^(server|naive|bare)\s+(\d+)\s+\d+\s+[\d.]+\s+(\d+)\s+(\d+)\s+([\d.]+)\s")
+
+pytest.importorskip("timm")
+pytest.importorskip("skimage")
+
+
+def test_server_bench_prints_table_and_ratios_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "server.py"), "--requests", "8", "--concurrency", "1,2",
+         "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    m = RATIOS.match(lines[-1])
+    assert m, f"last line is not the ratios line: {lines[-1]!r}"
+    assert "nan" not in m.groups(), lines[-1]  # all three systems ran at the top level
+    final = lines[lines.index(next(x for x in lines if x.startswith("median of"))):]
+    rows = [ROW.match(x) for x in final]
+    seen = {(r.group(1), int(r.group(2))) for r in rows if r}
+    assert seen == {(s, c) for s in ("server", "naive", "bare") for c in (1, 2)}, final
+    for r in rows:
+        if r:
+            assert int(r.group(4)) == 0, f"errors in {r.group(0)}"  # every request answered 200
+            assert float(r.group(5)) > 0
+
+
+def test_raw_forward_bench_runs_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    """The python half of bench/gpu.sh, tiny and on CPU (fp16 is downgraded to fp32 there)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import bare
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    rc = bare.main(["raw", "--arch", "test_efficientnet", "--input-size", "32", "--device", "cpu",
+                    "--precision", "fp16", "--batch-sizes", "1,2", "--seconds", "0.01"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert re.search(r"^raw-best: precision=fp16 batch=\d+ forward_img_s=[\d.]+", out, re.M), out
