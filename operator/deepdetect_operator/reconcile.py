@@ -97,6 +97,7 @@ class OperatorConfig:
     watch_client_timeout_s: float = 330.0
     watch_connect_timeout_s: float = 10.0
     request_timeout_s: float = 30.0
+    retry_delay_s: float = 5.0  # kopf retries a handler this long after 5xx/timeouts outlasted our retries
 
 
 @dataclass

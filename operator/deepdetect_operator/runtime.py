@@ -125,7 +125,11 @@ def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
 
 
 def build_memo(config: OperatorConfig, metrics: OperatorMetrics | None = None) -> kopf.Memo:
-    api = KubeAPI(request_timeout=config.request_timeout_s, connect_timeout=config.watch_connect_timeout_s)
+    api = KubeAPI(
+        request_timeout=config.request_timeout_s,
+        connect_timeout=config.watch_connect_timeout_s,
+        temporary_delay=config.retry_delay_s,
+    )
     return kopf.Memo(reconciler=Reconciler(api, config, metrics or OperatorMetrics()))
 
 

@@ -44,6 +44,7 @@ FAST = OperatorConfig(
     watch_server_timeout_s=30,
     watch_client_timeout_s=40,
     resolve_timeout_s=3.0,
+    retry_delay_s=0.5,
 )
 
 

@@ -223,3 +223,22 @@ async def test_delete_clears_finalizer_and_children_go(cluster: Cluster, checkpo
     await eventually(lambda: cluster.cr("faces") is None, message="CR gone (finalizer cleared)")
     assert cluster.deployment("faces") is None  # owner-reference garbage collection
     assert cluster.memo.reconciler.metrics.managed._value.get() == 0
+
+
+async def test_api_faults_are_retried(cluster: Cluster, checkpoint: tuple[str, str]) -> None:
+    uri, _ = checkpoint
+    # Two 503s on the Deployment apply (retried inside the wrapper with backoff), then a 500 storm on the
+    # Service longer than the wrapper's retries (kopf retries the handler; the timer also resyncs).
+    cluster.emu.fail_next("PATCH", r"/deployments/faces$", status=503, times=2)
+    cluster.emu.fail_next("PATCH", r"/services/faces$", status=500, times=6)
+    cluster.emu.fail_next("POST", r"/secrets$", status=409, times=1)  # "exists": read back, never overwrite
+    await cluster.create(cr_manifest("faces", uri))
+    await eventually(lambda: cluster.deployment("faces"), message="Deployment despite 503s")
+    await eventually(
+        lambda: cluster.emu.stored("v1/services", NS, "faces"), message="Service after the storm"
+    )
+    await eventually(lambda: cluster.emu.stored("v1/secrets", NS, "faces-api-key"), message="API-key Secret")
+    failed = [
+        w for w in cluster.emu.writes() if w.url.path.endswith(("/deployments/faces", "/services/faces"))
+    ]
+    assert len(failed) >= 2 + 6 + 2
