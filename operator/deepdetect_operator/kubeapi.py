@@ -162,6 +162,7 @@ class KubeAPI:
         self._info = info
         self._login = login
         self._session: aiohttp.ClientSession | None = None
+        self._stale: list[aiohttp.ClientSession] = []
         self._timeout = aiohttp.ClientTimeout(total=request_timeout, connect=connect_timeout)
         self._retries = retries
         self._backoff = backoff
@@ -173,10 +174,11 @@ class KubeAPI:
 
     def use(self, info: kopf.ConnectionInfo) -> None:
         """New credentials (from the login handler): the next request opens a new session."""
+        # kopf runs sync login handlers in a worker thread: only swap here, close on the event loop later.
         self._info = info
         old, self._session = self._session, None
-        if old is not None and not old.closed:
-            asyncio.get_event_loop().create_task(old.close())
+        if old is not None:
+            self._stale.append(old)
 
     @property
     def server(self) -> str:
@@ -198,6 +200,8 @@ class KubeAPI:
         return self._session
 
     async def close(self) -> None:
+        while self._stale:
+            await self._stale.pop().close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -215,6 +219,8 @@ class KubeAPI:
         content_type: str = "application/json",
     ) -> Any:
         self.calls[verb] += 1
+        while self._stale:
+            await self._stale.pop().close()
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else {}
         relogged = False

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import kmock
 import pytest
 from conftest_integration import (
     DEPLOYMENTS,
@@ -242,3 +243,21 @@ async def test_api_faults_are_retried(cluster: Cluster, checkpoint: tuple[str, s
         w for w in cluster.emu.writes() if w.url.path.endswith(("/deployments/faces", "/services/faces"))
     ]
     assert len(failed) >= 2 + 6 + 2
+
+
+async def test_service_monitor_follows_api_and_spec(cluster: Cluster, checkpoint: tuple[str, str]) -> None:
+    uri, _ = checkpoint
+    sm = "monitoring.coreos.com/v1/servicemonitors"
+    # Prometheus operator installed: its API is discovered (the reconciler caches discovery; start afresh).
+    cluster.emu.resources[sm] = kmock.ResourceInfo(
+        kind="ServiceMonitor", namespaced=True, verbs={"get", "patch"}
+    )
+    cluster.memo.reconciler._sm_cache = None
+    await cluster.create(cr_manifest("faces", uri, monitoring={"serviceMonitor": True}))
+    await eventually(
+        lambda: cluster.emu.stored(sm, NS, naming.service_monitor_name("faces")), message="created"
+    )
+    await cluster.patch_spec("faces", {"monitoring": {"serviceMonitor": False}})
+    await eventually(
+        lambda: cluster.emu.stored(sm, NS, naming.service_monitor_name("faces")) is None, message="gone"
+    )
