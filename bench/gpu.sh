@@ -30,8 +30,10 @@ if [[ -z "$PY" && -x .venv/bin/python ]] && .venv/bin/python -c "import torch, t
 fi
 PY=${PY:-python3}
 export PYTHONPATH="$ROOT/inference_server${PYTHONPATH:+:$PYTHONPATH}"
+# What the lent GPU image lacks (it has torch, timm, Pillow, httpx, scikit-image, prometheus-client,
+# safetensors, pyyaml, anyio, h11). Installed with --no-deps so nothing can pull a second torch.
 NEEDED="fastapi starlette uvicorn pydantic pydantic-core pydantic-settings python-dotenv python-multipart
-annotated-types annotated-doc typing-inspection httptools prometheus-client safetensors pyyaml timm"
+annotated-types annotated-doc typing-inspection httptools"
 if ! "$PY" -c "import fastapi, uvicorn, pydantic_settings, multipart, prometheus_client, timm, httpx, skimage" \
     2>/dev/null; then
   SITE=${DEEPDETECT_SITE:-/tmp/deepdetect-gpu-site}
@@ -41,7 +43,7 @@ if ! "$PY" -c "import fastapi, uvicorn, pydantic_settings, multipart, prometheus
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl
   else
     # shellcheck disable=SC2086  # word splitting of the package list is intended
-    "$PY" -m pip install -q --target "$SITE" $NEEDED
+    "$PY" -m pip install -q --no-deps --target "$SITE" $NEEDED
   fi
   export PYTHONPATH="$PYTHONPATH:$SITE"
   "$PY" -c "import fastapi, uvicorn, pydantic_settings, multipart, timm, httpx, skimage" || {

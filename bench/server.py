@@ -502,7 +502,7 @@ def median_points(rounds: Sequence[Sequence[Point]]) -> list[Point]:
             values = [getattr(p, attr) for p in same if not math.isnan(getattr(p, attr))]
             return statistics.median(values) if values else math.nan
 
-        point = Point(first.system, first.concurrency, first.max_batch, med("mean_batch"),
+        point = Point(first.system, first.concurrency, round(med("max_batch")), med("mean_batch"),
                       sum(p.requests for p in same), sum(p.errors for p in same), med("img_s"),
                       med("p50_ms"), med("p99_ms"), med("client_cpu_pct"))
         for key in first.extra:
