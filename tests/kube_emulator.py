@@ -13,6 +13,7 @@ kube-apiserver does:
 - server-side apply (`application/apply-patch+yaml`) creates a missing object (merge otherwise);
 - a failed JSON-patch `test` answers 422 (kmock: 500);
 - label selectors (and `metadata.name`/`metadata.namespace` field selectors) on list and watch;
+- the scale subresource of resources that declare one (`kubectl scale`);
 - `GET/POST /api/v1/namespaces` (kmock crashes on them);
 - DELETE honouring finalizers, and background garbage collection of dependents by owner reference uid;
 - watch streams that end after `timeoutSeconds`, as the real server's do.
@@ -396,6 +397,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return await apps.RawHandler._handle(self, request)
         is_put = request.method == enums.method.PUT and bool(request.name)
         try:
+            if request.subresource == "scale" and request.name:
+                return aiohttp.web.json_response(await self._serve_scale(request))
             if request.action == enums.action.WATCH:
                 return await self._stream_watch(request)
             if request.action == enums.action.LIST:
@@ -432,6 +435,31 @@ class KubeEmulator(kmock.KubernetesEmulator):
         except k8s.KubernetesError as exc:
             return await self._render_error(exc)
         return aiohttp.web.json_response(result, status=status)
+
+    async def _serve_scale(self, request: rendering.Request) -> dict[str, Any]:
+        """The scale subresource (autoscaling/v1 Scale): spec.replicas, status.replicas, status.selector
+        (`.status.selector` as the CRD's labelSelectorPath); what `kubectl scale` uses."""
+        resource = request.resource
+        assert resource is not None and request.name is not None
+        if resource not in self.resources or "scale" not in self.resources[resource].subresources:
+            raise k8s.KubernetesNotFoundError(reason="NotFound", message="no scale subresource")
+        if request.method == enums.method.PATCH:
+            replicas = ((request.data or {}).get("spec") or {}).get("replicas")
+            if isinstance(replicas, int):
+                patch = {"spec": {"replicas": replicas}}
+                async with self._lock:
+                    await self._write(resource, request.namespace, request.name, patch, subresource=None)
+        obj = self.stored(resource, request.namespace, request.name)
+        if obj is None:
+            raise k8s.KubernetesObjectNotFoundError(reason="NotFound", message=f'"{request.name}" not found')
+        status = obj.get("status") or {}
+        return {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {k: obj["metadata"][k] for k in ("name", "namespace", "uid", "resourceVersion")},
+            "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
+            "status": {"replicas": status.get("replicas", 0), "selector": status.get("selector", "")},
+        }
 
     async def _stream_watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         """A watch stream that, like the real server, ends after `timeoutSeconds`."""

@@ -42,6 +42,7 @@ from deepdetect_operator.checkpoints import (
     redact_uri,
     resolve_checkpoint,
 )
+from deepdetect_operator.cli import flatten_validation_error
 from deepdetect_operator.kubeapi import (
     DEEPDETECTSERVICES,
     DEPLOYMENTS,
@@ -115,14 +116,6 @@ class Pass:
 
 def utcnow() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def flatten_validation_error(err: ValidationError, prefix: str = "spec") -> str:
-    parts = []
-    for item in err.errors():
-        path = ".".join([prefix, *(str(p) for p in item["loc"])])
-        parts.append(f"{path}: {str(item['msg']).removeprefix('Value error, ')}")
-    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------- comparing desired and live

@@ -9,7 +9,9 @@ from typing import Any
 import kmock
 import pytest
 from conftest_integration import (
+    CR_URL,
     DEPLOYMENTS,
+    MERGE,
     NS,
     OPERATOR_UA,
     Cluster,
@@ -129,8 +131,13 @@ async def test_spec_update_scale_and_autoscaling_off(cluster: Cluster, checkpoin
         lambda: cluster.emu.stored(hpa, NS, naming.hpa_name("faces")) is None, message="HPA deleted"
     )
     await eventually(lambda: cluster.deployment("faces")["spec"].get("replicas") == 2)
-    await cluster.patch_spec("faces", {"replicas": 3})
+    # `kubectl scale dds/faces --replicas=3`: a merge patch of the scale subresource.
+    scale_url = f"{CR_URL}/faces/scale"
+    resp = await cluster.http.patch(scale_url, json={"spec": {"replicas": 3}}, headers=MERGE)
+    assert resp.status == 200, await resp.text()
     await eventually(lambda: cluster.deployment("faces")["spec"].get("replicas") == 3, message="scaled")
+    scale = await (await cluster.http.get(scale_url)).json()
+    assert scale["spec"]["replicas"] == 3 and scale["status"]["selector"] == naming.selector_string("faces")
 
 
 async def test_deleted_or_edited_child_is_restored(cluster: Cluster, checkpoint: tuple[str, str]) -> None:
