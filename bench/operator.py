@@ -28,7 +28,7 @@ import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.append(str(ROOT / "tests"))  # tests/kube_emulator.py
 from kube_emulator import KubeEmulator, make_emulator  # noqa: E402
 
 CRS = "deepdetect.io/v1alpha1/deepdetectservices"

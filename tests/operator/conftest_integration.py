@@ -22,7 +22,7 @@ import kmock
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/kube_emulator.py
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/kube_emulator.py (last: no shadowing)
 from deepdetect_operator import naming
 from deepdetect_operator.api import API_VERSION, KIND
 from deepdetect_operator.reconcile import OperatorConfig

@@ -20,7 +20,11 @@ from conftest_integration import (
     eventually,
 )
 from deepdetect_operator import naming
-from deepdetect_operator.api import ANNOTATION_CHECKPOINT_DIGEST, ANNOTATION_CONFIG_HASH
+from deepdetect_operator.api import (
+    ANNOTATION_CHECKPOINT_DIGEST,
+    ANNOTATION_CONFIG_HASH,
+    ANNOTATION_SECRET_HASH,
+)
 
 __all__ = ["cluster"]  # the fixture, imported for pytest
 
@@ -268,3 +272,33 @@ async def test_service_monitor_follows_api_and_spec(cluster: Cluster, checkpoint
     await eventually(
         lambda: cluster.emu.stored(sm, NS, naming.service_monitor_name("faces")) is None, message="gone"
     )
+
+
+async def test_api_key_secret_created_once_never_overwritten(
+    cluster: Cluster, checkpoint: tuple[str, str]
+) -> None:
+    uri, _ = checkpoint
+    await cluster.create(cr_manifest("faces", uri))
+    name = naming.generated_api_key_secret_name("faces")
+    secret = await eventually(lambda: cluster.emu.stored("v1/secrets", NS, name), message="Secret")
+    assert (
+        secret["data"]["api-key"] and secret["metadata"]["ownerReferences"][0]["kind"] == "DeepDetectService"
+    )
+    await eventually(lambda: cluster.deployment("faces"))
+    hash_before = cluster.deployment("faces")["spec"]["template"]["metadata"]["annotations"][
+        ANNOTATION_SECRET_HASH
+    ]
+    # The key is rotated by hand: the operator keeps it, and the new hash rolls the pods.
+    await cluster.emu.edit("v1/secrets", NS, name, {"data": {"api-key": "cm90YXRlZA=="}})
+    await eventually(
+        lambda: (
+            cluster.deployment("faces")["spec"]["template"]["metadata"]["annotations"][ANNOTATION_SECRET_HASH]
+            != hash_before
+        ),
+        message="secret hash rolled",
+    )
+    assert cluster.emu.stored("v1/secrets", NS, name)["data"] == {"api-key": "cm90YXRlZA=="}
+    creates = [
+        w for w in cluster.emu.writes() if w.method.value == "POST" and w.url.path.endswith("/secrets")
+    ]
+    assert len(creates) == 1

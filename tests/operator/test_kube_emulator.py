@@ -11,7 +11,7 @@ import aiohttp
 import kmock
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ has no conftest of ours
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/kube_emulator.py (last: no shadowing)
 from kube_emulator import KubeEmulator, label_selector_matches, make_emulator
 
 CR_PATH = "/apis/deepdetect.io/v1alpha1/namespaces/ns1/deepdetectservices"
