@@ -408,6 +408,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--systems", default="server,naive,bare")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--requests", type=int, default=480, help="measured requests per point")
+    p.add_argument("--min-requests-per-conn", type=int, default=0,
+                   help="raise a point's requests to this many per connection (high concurrency on a GPU)")
     p.add_argument("--warmup", type=int, default=0,
                    help="untimed requests per point (0: 2 x concurrency + 16)")
     p.add_argument("--max-batch-size", type=int, default=32, help="cap on the server's max_batch_size")
@@ -446,12 +448,13 @@ def one_round(args: argparse.Namespace, levels: Sequence[int], bodies: Sequence[
     points: list[Point] = []
     for c in levels:
         warmup = args.warmup or 2 * c + 16
+        requests = max(args.requests, args.min_requests_per_conn * c)
         mb = max_batch_for(args, c, levels)
         mean_batch = float(mb)
         if mb in servers:
             srv = servers[mb]
             before = scrape(srv.base)
-            r = run_load(srv.base + "/v1/detect", bodies, c, args.requests, warmup, args.client_procs,
+            r = run_load(srv.base + "/v1/detect", bodies, c, requests, warmup, args.client_procs,
                          args.client)
             after = scrape(srv.base)
 
@@ -477,13 +480,13 @@ def one_round(args: argparse.Namespace, levels: Sequence[int], bodies: Sequence[
             points.append(point)
             print_table([point], header=False)
         if naive is not None:
-            r = run_load(naive.base + "/v1/detect", bodies, c, args.requests, warmup, args.client_procs,
+            r = run_load(naive.base + "/v1/detect", bodies, c, requests, warmup, args.client_procs,
                          args.client)
             points.append(from_load("naive", c, 1, 1.0, r))
             print_table([points[-1]], header=False)
         if bare is not None:
             b = max(1, round(mean_batch)) if not math.isnan(mean_batch) else mb
-            res = bare.run(photos, batch_size=b, requests=args.requests, warmup=warmup)
+            res = bare.run(photos, batch_size=b, requests=requests, warmup=warmup)
             points.append(Point("bare", c, b, float(b), res.images, 0, res.images / res.seconds,
                                 1000 * percentile(res.latencies_s, 50),
                                 1000 * percentile(res.latencies_s, 99), math.nan))
