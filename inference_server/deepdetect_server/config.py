@@ -39,7 +39,7 @@ class ServerSettings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     decode_workers: int = Field(0, ge=0, description="0 = the CPUs this container may use (cgroup)")
     cpu_threads: int = Field(
-        0, ge=0, description="torch intra-op threads on CPU; 0 = the CPUs this container may use (cgroup)"
+        0, ge=0, description="torch threads on CPU; 0 = half the CPUs this container may use (cgroup)"
     )
 
     # Input limits

@@ -79,7 +79,10 @@ class Detector:
         self.card = card
         self.device = resolve_device(device)
         # OpenMP thread counts are per calling thread: predict() applies this on the thread it runs on.
-        self.cpu_threads = (cpu_threads or available_cpus()) if self.device.type == "cpu" else 0
+        # Default: half the CPUs. The decode pool and the event loop need the rest; with every CPU given
+        # to torch the bench measured the forward and decode threads stalling each other (bench/README.md).
+        default_threads = max(1, available_cpus() // 2)
+        self.cpu_threads = (cpu_threads or default_threads) if self.device.type == "cpu" else 0
         self.precision = precision
         if self.device.type != "cuda" and precision != "fp32":
             # Half precision on CPU is slower and less exact than fp32: say so rather than fail.

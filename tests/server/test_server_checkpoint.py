@@ -175,7 +175,7 @@ def test_cpu_threads_follow_the_setting_on_the_forward_thread(checkpoint: Path) 
     from deepdetect_server.model import available_cpus
 
     loaded = load_checkpoint(checkpoint)
-    assert Detector(loaded.card, loaded.tensors, device="cpu").cpu_threads == available_cpus() >= 1
+    assert Detector(loaded.card, loaded.tensors, device="cpu").cpu_threads == max(1, available_cpus() // 2)
     det = Detector(loaded.card, loaded.tensors, device="cpu", cpu_threads=1)
     seen: list[int] = []
 
