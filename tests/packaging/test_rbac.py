@@ -34,7 +34,7 @@ RUNTIME_DOC = ROOT / "docs" / "operator-runtime.md"
 # DESIGN.md's first sketch also granted update on the CR, list/watch/patch/delete on Secrets, delete on
 # every child, namespaces and kopf peerings; the running operator needs none of them (GC deletes the
 # children; kopf runs standalone and cluster-wide, so it neither peers nor lists namespaces).
-# Used as the reference while docs/operator-runtime.md does not exist.
+# The reference when docs/operator-runtime.md is absent; when present, the two must agree.
 EXPECTED_CALLS: dict[tuple[str, str], set[str]] = {
     ("deepdetect.io", "deepdetectservices"): {"get", "list", "watch", "patch"},
     ("deepdetect.io", "deepdetectservices/status"): {"patch"},
@@ -170,6 +170,15 @@ def test_renderer_children_are_all_creatable() -> None:
         for verb in ("get", "create") if kind == "Secret" else ("get", "create", "patch"):
             assert (group, resource, verb) in granted, f"{kind}: {verb} not granted"
     assert ("deepdetect.io", "deepdetectservices/status", "patch") in granted
+
+
+def test_runtime_doc_agrees_with_the_recorded_calls() -> None:
+    """docs/operator-runtime.md's machine-readable block (the runtime authors' list) and this file's
+    table (what the recording test sees) describe the same calls."""
+    if not RUNTIME_DOC.exists():
+        pytest.skip("docs/operator-runtime.md not written yet")
+    table = {(g, r, v) for (g, r), verbs in EXPECTED_CALLS.items() for v in verbs}
+    assert parse_runtime_doc(RUNTIME_DOC.read_text()) == table
 
 
 def test_runtime_doc_parser() -> None:
