@@ -282,7 +282,7 @@ async def run_operator_lifecycle(tmp_path: Path) -> set[tuple[str, str, str]]:
     import kmock
 
     if str(ROOT / "tests") not in sys.path:
-        sys.path.insert(0, str(ROOT / "tests"))  # tests/kube_emulator.py, the operator tests' API server
+        sys.path.append(str(ROOT / "tests"))  # tests/kube_emulator.py (appended: nothing is shadowed)
     from deepdetect_operator import naming
     from deepdetect_operator.reconcile import OperatorConfig
     from deepdetect_operator.runtime import build_memo, run_operator
