@@ -243,8 +243,8 @@ def parse_exposition(text: str) -> dict[str, set[str]]:
 def server_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, set[str]]]:
     """Start the real inference server (uvicorn on a free port) with a tiny real checkpoint, send one
     image through /v1/detect so the labelled series have samples, and scrape /metrics."""
-    app_module = pytest.importorskip("deepdetect_server.app")  # TEMPORARY until the server app lands
     import uvicorn
+    from deepdetect_server.app import create_app
     from deepdetect_server.checkpoint import card_for_architecture, create_checkpoint
     from deepdetect_server.config import ServerSettings
 
@@ -252,7 +252,7 @@ def server_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     ckpt = tmp / "model.safetensors"
     create_checkpoint(ckpt, card_for_architecture("test_efficientnet", 64))
     settings = ServerSettings(checkpoint=ckpt, port=_free_port(), host="127.0.0.1", warmup_batches=0)
-    app = app_module.create_app(settings)
+    app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
