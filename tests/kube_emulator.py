@@ -33,6 +33,7 @@ import datetime
 import json
 import re
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -575,7 +576,9 @@ def crd_resource_info() -> kmock.ResourceInfo:
 def make_emulator(*, service_monitor: bool = False) -> KubeEmulator:
     """An emulator with the built-in kinds, our CRD, Events and (optionally) the ServiceMonitor CRD."""
     emu = KubeEmulator()
-    emu.resources.load_bundled()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # kmock 0.8 uses importlib's read_binary
+        emu.resources.load_bundled()
     emu.resources["deepdetect.io/v1alpha1/deepdetectservices"] = crd_resource_info()
     if service_monitor:
         emu.resources["monitoring.coreos.com/v1/servicemonitors"] = kmock.ResourceInfo(

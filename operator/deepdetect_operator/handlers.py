@@ -53,7 +53,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         await memo.reconciler.tick(body, logger)
 
     @kopf.on.delete(*CR, id="forget", registry=registry)
-    def deleted(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
+    async def deleted(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
         memo.reconciler.forget(namespace, name, uid)
 
     @kopf.index(*CR, id="dds_by_instance", registry=registry)
