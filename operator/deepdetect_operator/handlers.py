@@ -57,7 +57,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         memo.reconciler.forget(namespace, name, uid)
 
     @kopf.index(*CR, id="dds_by_instance", registry=registry)
-    def dds_by_instance(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[Any, Any]:
+    async def dds_by_instance(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[Any, Any]:
         return {(namespace, naming.label_value(name)): (name, (status.get("rollout") or {}).get("state", ""))}
 
     @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, id="deployment-event", registry=registry)
