@@ -327,7 +327,6 @@ class Reconciler:
                 checkpoint=result.checkpoint,
                 model=outcome.model if outcome else None,
                 rollout=outcome.rollout if outcome else None,
-                rollout_message=outcome.message if outcome else "",
             )
         )
         patch = status_patch(previous_raw, status)

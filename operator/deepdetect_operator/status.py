@@ -122,7 +122,6 @@ class StatusInputs:
     checkpoint: CheckpointResult | None = None
     model: ModelStatus | None = None  # None: keep the previous one
     rollout: RolloutStatus | None = None
-    rollout_message: str = ""
 
 
 # ---------------------------------------------------------------- conditions
@@ -221,7 +220,8 @@ def compute_status(inp: StatusInputs) -> DeepDetectServiceStatus:
             # and the next ones, and status must not change when nothing did.
             put(COND_PROGRESSING, "False", "RolloutComplete", "all replicas updated and available")
         else:
-            msg = inp.rollout_message or f"{view.updated}/{view.desired} replicas updated"
+            # From the Deployment's counts only: the same cluster state always gives the same status.
+            msg = f"{view.updated}/{view.desired} replicas updated, {view.available} available"
             put(COND_PROGRESSING, "True", "RollingOut", msg)
     if problem is not None:
         put(COND_DEGRADED, "True", problem.reason, problem.message)
