@@ -15,7 +15,8 @@ kube-apiserver does:
 - label selectors (and `metadata.name`/`metadata.namespace` field selectors) on list and watch;
 - the scale subresource of resources that declare one (`kubectl scale`);
 - `GET/POST /api/v1/namespaces` (kmock crashes on them);
-- DELETE honouring finalizers, and background garbage collection of dependents by owner reference uid;
+- DELETE honouring finalizers and `preconditions.uid` (409), and background garbage collection of
+  dependents by owner reference uid;
 - watch streams that end after `timeoutSeconds`, as the real server's do.
 
 Resource requests are served directly (kmock's DSL dispatch is quadratic in the number of recorded
@@ -325,7 +326,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             await self._publish(resource, "MODIFIED", new)
         return new
 
-    async def _delete(self, resource: kmock.resource, namespace: str | None, name: str) -> dict[str, Any]:
+    async def _delete(
+        self, resource: kmock.resource, namespace: str | None, name: str, *, uid: str | None = None
+    ) -> dict[str, Any]:
         key = (resource, namespace, name)
         obj = self._objects._objects.get(key)
         if obj is None or obj.deleted:
@@ -334,6 +337,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
             )
         raw = obj.raw
         meta = raw.get("metadata", {})
+        if uid and meta.get("uid") != uid:
+            message = (
+                f"Precondition failed: UID in precondition: {uid}, UID in object meta: {meta.get('uid')}"
+            )
+            raise k8s.KubernetesError(status=409, reason="Conflict", message=message)
         if meta.get("deletionTimestamp"):
             return raw
         if meta.get("finalizers"):
@@ -431,7 +439,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     )
                     status = 200
                 else:
-                    result = await self._delete(resource, request.namespace, request.name)
+                    options = request.data if isinstance(request.data, dict) else {}
+                    uid = (options.get("preconditions") or {}).get("uid")
+                    result = await self._delete(resource, request.namespace, request.name, uid=uid)
                     status = 200
         except k8s.KubernetesError as exc:
             return await self._render_error(exc)

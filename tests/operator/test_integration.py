@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import kmock
+import kopf
 import pytest
 from conftest_integration import (
     CR_URL,
@@ -18,6 +19,7 @@ from conftest_integration import (
     cluster,
     cr_manifest,
     eventually,
+    make_emulator,
 )
 from deepdetect_operator import naming
 from deepdetect_operator.api import (
@@ -25,6 +27,7 @@ from deepdetect_operator.api import (
     ANNOTATION_CONFIG_HASH,
     ANNOTATION_SECRET_HASH,
 )
+from deepdetect_operator.kubeapi import CONFIGMAPS, Conflict, Invalid, KubeAPI
 
 __all__ = ["cluster"]  # the fixture, imported for pytest
 
@@ -302,3 +305,45 @@ async def test_api_key_secret_created_once_never_overwritten(
         w for w in cluster.emu.writes() if w.method.value == "POST" and w.url.path.endswith("/secrets")
     ]
     assert len(creates) == 1
+
+
+async def test_kubeapi_maps_api_answers() -> None:
+    """The wrapper alone against the emulator: each HTTP answer becomes the documented outcome."""
+    emu = make_emulator()
+    async with emu, kmock.Server(emu) as server:
+        logins: list[int] = []
+
+        def login() -> kopf.ConnectionInfo:
+            logins.append(1)
+            return kopf.ConnectionInfo(server=str(server.url).rstrip("/"), token="fresh")
+
+        api = KubeAPI(kopf.ConnectionInfo(server=str(server.url).rstrip("/"), token="old"), login=login,
+                      backoff=0.01, temporary_delay=1.5)  # fmt: skip
+        try:
+            cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": NS}}
+            assert await api.get(CONFIGMAPS, NS, "c") is None  # 404 -> absent
+            await api.create(cm)
+            with pytest.raises(Conflict):
+                await api.create(cm)  # 409
+            emu.fail_next("PATCH", r"/configmaps/c$", status=422)
+            with pytest.raises(Invalid):
+                await api.apply(cm)
+            emu.fail_next("GET", r"/configmaps/c$", status=503, times=2)
+            assert (await api.get(CONFIGMAPS, NS, "c"))["metadata"]["name"] == "c"  # retried
+            emu.fail_next("GET", r"/configmaps/c$", status=500, times=4)  # 1 try + 3 retries
+            with pytest.raises(kopf.TemporaryError) as exc:
+                await api.get(CONFIGMAPS, NS, "c")
+            assert exc.value.delay == 1.5
+            emu.fail_next("GET", r"/configmaps/c$", status=401)
+            assert await api.get(CONFIGMAPS, NS, "c") is not None and logins == [1]  # logged in again
+            emu.fail_next("GET", r"/configmaps/c$", status=403)
+            with pytest.raises(kopf.TemporaryError) as exc:
+                await api.get(CONFIGMAPS, NS, "c")
+            assert exc.value.delay == 60.0
+            assert await api.delete(CONFIGMAPS, NS, "c", uid="not-its-uid") is False  # precondition: 409
+            uid = (await api.get(CONFIGMAPS, NS, "c"))["metadata"]["uid"]
+            assert await api.delete(CONFIGMAPS, NS, "c", uid=uid) is True
+            assert await api.delete(CONFIGMAPS, NS, "nope") is False
+            assert await api.serves("monitoring.coreos.com", "v1", "servicemonitors") is False
+        finally:
+            await api.close()
