@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,18 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
     raise AssertionError("server never became ready")
 
 
+async def wait_inflight(client: httpx.AsyncClient, at_least: int, within_s: float = 20.0) -> None:
+    """Poll the server's own in-flight gauge until it holds `at_least` requests."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        text = (await client.get("/metrics")).text
+        match = re.search(r"^deepdetect_inflight_requests(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.MULTILINE)
+        if match and float(match.group(1)) >= at_least:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the server never held {at_least} requests in flight")
+
+
 def test_sigterm_under_load_loses_no_accepted_request(checkpoint: Path, tmp_path: Path, photo_arrays) -> None:
     keys = tmp_path / "api-key"
     keys.write_text(KEY + "\n")
@@ -59,7 +72,8 @@ def test_sigterm_under_load_loses_no_accepted_request(checkpoint: Path, tmp_path
             async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as ac:
                 load = [asyncio.create_task(ac.post("/v1/detect", content=img, headers=headers))
                         for img in images]
-                await asyncio.sleep(0.3)  # all connections are open and requests are in flight
+                # SIGTERM once the server holds at least half the load (a fixed sleep raced a fast machine).
+                await wait_inflight(ac, len(load) // 2 + 1)
                 proc.send_signal(signal.SIGTERM)
                 unfinished = sum(not t.done() for t in load)
                 sent = time.monotonic()
