@@ -141,6 +141,18 @@ def load_checkpoint(path: Path | str, pin: str = "") -> LoadedCheckpoint:
     return LoadedCheckpoint(card=card, digest=digest, tensors=tensors)
 
 
+def check_card_matches(card: ModelCard, architecture: str = "", input_size: int = 0) -> None:
+    """Refuse a checkpoint whose card contradicts what the service declares (empty/0 = not declared)."""
+    if architecture and card.architecture != architecture:
+        raise CheckpointError(
+            f"checkpoint is a {card.architecture!r} model but the service expects {architecture!r} "
+            "(spec.model.architecture)")
+    if input_size and card.input_size != input_size:
+        raise CheckpointError(
+            f"checkpoint expects {card.input_size} px inputs but the service declares {input_size} "
+            "(spec.model.inputSize)")
+
+
 def save_checkpoint(path: Path | str, tensors: dict[str, torch.Tensor], card: ModelCard) -> str:
     """Write tensors + card as one safetensors file; returns its digest."""
     from safetensors.torch import save

@@ -31,6 +31,10 @@ class ServerSettings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="overrides the card's threshold")
     warmup_batches: int = Field(1, ge=0)
+    # What the deployment expects (the CR's spec.model): a checkpoint whose card says otherwise is refused,
+    # so a wrong file fails the rollout instead of silently serving another model. Empty/0 = no check.
+    expect_architecture: str = ""
+    expect_input_size: int = Field(0, ge=0)
 
     # Batching
     max_batch_size: int = Field(32, ge=1, le=1024)

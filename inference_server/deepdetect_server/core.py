@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .auth import ApiKeyAuth, NoAuth
 from .batcher import Batcher
-from .checkpoint import ModelCard, load_checkpoint
+from .checkpoint import ModelCard, check_card_matches, load_checkpoint
 from .config import ServerSettings
 from .errors import DeadlineExceeded, ModelNotFound, NotReady
 from .metrics import Metrics
@@ -74,6 +74,7 @@ class Core:
             self.auth = ApiKeyAuth.from_file(s.api_key_file)
         started = time.perf_counter()
         loaded = await asyncio.to_thread(load_checkpoint, s.checkpoint, s.checkpoint_sha256)
+        check_card_matches(loaded.card, s.expect_architecture, s.expect_input_size)
         self.card, self.digest = loaded.card, loaded.digest
         self.detector = await asyncio.to_thread(
             Detector, loaded.card, loaded.tensors, s.device, s.precision, s.cpu_threads)

@@ -163,6 +163,8 @@ def render_server_config(inp: RenderInputs) -> dict[str, Any]:
         "model_name": inp.name,
         "checkpoint": CHECKPOINT_PATH,
         "checkpoint_sha256": spec.model.checkpoint.sha256,
+        "expect_architecture": spec.model.architecture,
+        "expect_input_size": spec.model.input_size,
         "precision": spec.model.precision,
         "device": "auto",
         "max_batch_size": spec.batching.max_batch_size,

@@ -233,6 +233,8 @@ def test_config_yaml_loads_in_server_settings(inp: RenderInputs, tmp_path: Path)
     assert str(settings.checkpoint) == CHECKPOINT_PATH
     assert settings.checkpoint_sha256 == spec.model.checkpoint.sha256
     assert settings.precision == spec.model.precision
+    assert settings.expect_architecture == spec.model.architecture
+    assert settings.expect_input_size == spec.model.input_size
     assert settings.threshold == spec.model.threshold
     assert settings.max_batch_size == spec.batching.max_batch_size
     assert settings.max_delay_ms == spec.batching.max_delay_ms

@@ -187,3 +187,12 @@ def test_cpu_threads_follow_the_setting_on_the_forward_thread(checkpoint: Path) 
     t.start()
     t.join()
     assert seen == [1]
+
+
+def test_card_matching_the_service_is_accepted(checkpoint: Path) -> None:
+    from deepdetect_server.checkpoint import check_card_matches
+    card = load_checkpoint(checkpoint).card
+    check_card_matches(card, ARCH, card.input_size)
+    check_card_matches(card)  # nothing declared: nothing to contradict
+    with pytest.raises(CheckpointError, match=r"spec\.model\.architecture"):
+        check_card_matches(card, "resnet50")

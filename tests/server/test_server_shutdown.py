@@ -161,3 +161,20 @@ def test_pinned_digest_mismatch_refuses_to_start(checkpoint: Path, tmp_path: Pat
     assert result.returncode != 0
     errors = [json.loads(line) for line in result.stderr.splitlines() if '"startup failed"' in line]
     assert errors and "does not match its pinned digest" in errors[0]["error"]
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"DEEPDETECT_EXPECT_ARCHITECTURE": "efficientnet_b4"},
+     "is a 'test_efficientnet' model but the service expects 'efficientnet_b4'"),
+    ({"DEEPDETECT_EXPECT_INPUT_SIZE": "380"}, "expects 160 px inputs but the service declares 380"),
+])
+def test_checkpoint_contradicting_the_service_refuses_to_start(
+        checkpoint: Path, env: dict[str, str], message: str) -> None:
+    """The operator passes the CR's architecture and input size: another model's file must not serve."""
+    result = subprocess.run(
+        [sys.executable, "-m", "deepdetect_server.cli", "serve", "--checkpoint", str(checkpoint),
+         "--port", str(free_port()), "--host", "127.0.0.1"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    assert result.returncode != 0
+    errors = [json.loads(line) for line in result.stderr.splitlines() if '"startup failed"' in line]
+    assert errors and message in errors[0]["error"]
