@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from .s3 import make_s3_client
+
 __all__ = ["FetchError", "FetchResult", "add_arguments", "fetch_checkpoint", "main", "run"]
 
 DEFAULT_MAX_BYTES = 4 << 30  # 4 GiB: far above any detector we ship, low enough to stop a runaway download
@@ -261,8 +263,6 @@ def _open_s3(
     uri: str, timeout_s: float, endpoint: str | None, env: Mapping[str, str]
 ) -> Iterator[tuple[Chunks, int | None]]:
     try:
-        import boto3
-        from botocore.config import Config
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
     except ImportError:
         raise FetchError("s3:// needs boto3 in the image") from None
@@ -272,20 +272,8 @@ def _open_s3(
         raise FetchError(f"invalid URI {_redact(uri)!r}: expected s3://BUCKET/KEY")
     shown = f"s3://{bucket}/{key}"
     url = _s3_endpoint(endpoint, env)
-    session = boto3.session.Session(
-        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
-        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
-        aws_session_token=env.get("AWS_SESSION_TOKEN") or None,
-        region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
-    )
-    config = Config(
-        connect_timeout=timeout_s,
-        read_timeout=timeout_s,
-        retries={"max_attempts": 3, "mode": "standard"},
-        s3={"addressing_style": "path"} if url else None,
-    )
     try:
-        client = session.client("s3", endpoint_url=url, config=config)
+        client = make_s3_client(url, env, timeout_s)
         obj = client.get_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))

@@ -282,23 +282,9 @@ def _parse_s3(uri: str) -> tuple[str, str]:
 
 
 def _s3_client(endpoint: str, creds: dict[str, str], timeout_s: float) -> Any:
-    import boto3
-    from botocore.config import Config
+    from deepdetect_server.s3 import make_s3_client  # shared with the fetch init container
 
-    session = boto3.session.Session(
-        aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID") or None,
-        aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY") or None,
-        aws_session_token=creds.get("AWS_SESSION_TOKEN") or None,
-        region_name=creds.get("AWS_REGION") or creds.get("AWS_DEFAULT_REGION") or None,
-    )
-    config = Config(
-        connect_timeout=timeout_s,
-        read_timeout=timeout_s,
-        retries={"max_attempts": 3, "mode": "standard"},
-        # MinIO-style stores rarely have wildcard DNS for virtual-host buckets.
-        s3={"addressing_style": "path"} if endpoint else None,
-    )
-    return session.client("s3", endpoint_url=endpoint or None, config=config)
+    return make_s3_client(endpoint, creds, timeout_s)
 
 
 def _head_s3(uri: str, endpoint: str, creds: dict[str, str], timeout_s: float) -> str:
