@@ -138,35 +138,17 @@ def set_condition(
     generation: int | None,
 ) -> list[Condition]:
     """Conditions with `type_` set; `lastTransitionTime` kept unless the status flips."""
-    out: list[Condition] = []
-    found = False
-    for cond in conditions:
-        if cond.type != type_:
-            out.append(cond)
-            continue
-        found = True
-        since = cond.last_transition_time if cond.status == status else now
-        out.append(
-            Condition(
-                type=type_,
-                status=status,  # type: ignore[arg-type]
-                reason=reason,
-                message=message,
-                last_transition_time=since,
-                observed_generation=generation,
-            )
-        )
-    if not found:
-        out.append(
-            Condition(
-                type=type_,
-                status=status,  # type: ignore[arg-type]
-                reason=reason,
-                message=message,
-                last_transition_time=now,
-                observed_generation=generation,
-            )
-        )
+    previous = next((c for c in conditions if c.type == type_), None)
+    since = previous.last_transition_time if previous is not None and previous.status == status else now
+    updated = Condition(
+        type=type_,
+        status=status,  # type: ignore[arg-type]
+        reason=reason,
+        message=message,
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+    out = [c for c in conditions if c.type != type_] + [updated]
     return sorted(out, key=lambda c: CONDITION_ORDER.index(c.type) if c.type in CONDITION_ORDER else 99)
 
 
