@@ -10,7 +10,9 @@ kube-apiserver does:
 - `generation` starting at 1 and bumped only when something outside `metadata`/`status` changes;
 - `/status` isolation for resources with a status subresource: main-resource writes ignore `status`,
   `/status` writes ignore everything but `status`;
-- server-side apply (`application/apply-patch+yaml`) creates a missing object (merge otherwise);
+- server-side apply (`application/apply-patch+yaml`) creates a missing object and tracks field ownership
+  per `fieldManager` in `metadata.managedFields`: a field a manager stops applying is removed unless
+  another manager's Apply entry owns it (maps are walked; lists are atomic, unlike the real merge keys);
 - a failed JSON-patch `test` answers 422 (kmock: 500);
 - label selectors (and `metadata.name`/`metadata.namespace` field selectors) on list and watch;
 - the scale subresource of resources that declare one (`kubectl scale`);
@@ -22,7 +24,7 @@ kube-apiserver does:
 Resource requests are served directly (kmock's DSL dispatch is quadratic in the number of recorded
 requests, too slow for the 1000-CR benchmark); `fail_next` injects API errors for fault tests.
 
-What it still is not: no validation, defaulting, admission, real SSA list merging, or controllers (a
+What it still is not: no validation, defaulting, admission, SSA list merge keys, or controllers (a
 Deployment never gets status by itself: tests call `set_status`).
 """
 
@@ -74,6 +76,76 @@ def _merge(base: Any, patch: Any) -> Any:
 # ---------------------------------------------------------------- selectors
 
 _SET_EXPR = re.compile(r"^\s*([^\s!=]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
+
+
+def _leaf_paths(obj: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Field paths an applied config sets: maps are walked, lists and scalars are atomic leaves."""
+    if isinstance(obj, dict) and obj:
+        out: set[tuple[str, ...]] = set()
+        for key, value in obj.items():
+            out |= _leaf_paths(value, (*prefix, key))
+        return out
+    return {prefix} if prefix else set()
+
+
+def _fields_v1(paths: set[tuple[str, ...]]) -> dict[str, Any]:
+    """metav1.ManagedFieldsEntry.fieldsV1 shape ({"f:spec": {"f:replicas": {}}})."""
+    root: dict[str, Any] = {}
+    for path in sorted(paths):
+        node = root
+        for key in path:
+            node = node.setdefault(f"f:{key}", {})
+    return root
+
+
+def _paths_of(fields: dict[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    if not fields:
+        return {prefix} if prefix else set()
+    out: set[tuple[str, ...]] = set()
+    for key, sub in fields.items():
+        if key.startswith("f:"):
+            out |= _paths_of(sub, (*prefix, key[2:]))
+    return out
+
+
+def _drop_path(obj: dict[str, Any], path: tuple[str, ...]) -> None:
+    """Remove a field and any map it leaves empty (what SSA does to a field nobody owns any more)."""
+    parents = [obj]
+    for key in path[:-1]:
+        nxt = parents[-1].get(key)
+        if not isinstance(nxt, dict):
+            return
+        parents.append(nxt)
+    parents[-1].pop(path[-1], None)
+    for depth in range(len(path) - 1, 0, -1):
+        if parents[depth]:
+            break
+        parents[depth - 1].pop(path[depth - 1], None)
+
+
+# Fields SSA never tracks or removes (identity, server-set metadata).
+_UNTRACKED = {("apiVersion",), ("kind",), ("metadata", "name"), ("metadata", "namespace")}
+
+
+def _apply_ownership(
+    old: dict[str, Any], applied: dict[str, Any], merged: dict[str, Any], manager: str
+) -> None:
+    """Server-side apply's field ownership, for maps (lists are atomic here): fields this manager applied
+    before, no longer in its config and owned by no other manager are removed; the manager's entry in
+    metadata.managedFields is replaced by what it applied now."""
+    entries = [dict(e) for e in (old.get("metadata", {}).get("managedFields") or [])]
+    now = _leaf_paths(applied) - _UNTRACKED
+    mine = next((e for e in entries if e.get("manager") == manager and e.get("operation") == "Apply"), None)
+    before = _paths_of(mine.get("fieldsV1", {})) if mine else set()
+    others = set().union(*(_paths_of(e.get("fieldsV1", {})) for e in entries if e is not mine))
+    for path in sorted(before - now - others, key=len, reverse=True):
+        _drop_path(merged, path)
+    fields = _fields_v1(now)
+    since = mine["time"] if mine and mine.get("fieldsV1") == fields else _now()  # no-op apply: no change
+    entries = [e for e in entries if e is not mine]
+    entries.append({"manager": manager, "operation": "Apply", "apiVersion": applied.get("apiVersion", ""),
+                    "fieldsType": "FieldsV1", "fieldsV1": fields, "time": since})
+    merged.setdefault("metadata", {})["managedFields"] = entries
 
 
 def _split_selector(text: str) -> list[str]:
@@ -269,14 +341,15 @@ class KubeEmulator(kmock.KubernetesEmulator):
         subresource: str | None,
         content_type: str = "application/merge-patch+json",
         replace: bool = False,
+        field_manager: str = "",
     ) -> dict[str, Any]:
         key = (resource, namespace, name)
         obj = self._objects._objects.get(key)
         if obj is None or obj.deleted:
             if content_type == APPLY_PATCH and subresource is None:
-                return await self._create(
-                    resource, namespace, dict(patch, metadata={**patch.get("metadata", {}), "name": name})
-                )
+                body = dict(patch, metadata={**patch.get("metadata", {}), "name": name})
+                _apply_ownership({}, patch, body, field_manager)
+                return await self._create(resource, namespace, body)
             raise k8s.KubernetesObjectNotFoundError(
                 reason="NotFound", message=f'{resource.plural} "{name}" not found'
             )
@@ -292,6 +365,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 raise Unprocessable(status=422, reason="Invalid", message=str(exc)) from None
         else:
             patched = _merge(old, patch)
+            if content_type == APPLY_PATCH:
+                _apply_ownership(old, patch, patched, field_manager)
         if not self._has_status(resource):
             if subresource == "status":
                 raise k8s.KubernetesNotFoundError(reason="NotFound", message="no status subresource")
@@ -436,6 +511,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                         subresource=request.subresource,
                         content_type=ctype,
                         replace=is_put,
+                        field_manager=request.params.get("fieldManager", ""),
                     )
                     status = 200
                 else:

@@ -289,11 +289,11 @@ class KubeAPI:
         namespace = obj.get("metadata", {}).get("namespace")
         return await self._request("create", "POST", res.path(namespace), body=obj)  # type: ignore[no-any-return]
 
-    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply as field manager `deepdetect-operator`, forcing conflicts (we own these)."""
+    async def apply(self, obj: dict[str, Any], *, field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        """Server-side apply as `field_manager` (ours by default), forcing conflicts (we own these)."""
         res = resource_of(obj)
         meta = obj["metadata"]
-        params = {"fieldManager": FIELD_MANAGER, "force": "true"}
+        params = {"fieldManager": field_manager, "force": "true"}
         path = res.path(meta.get("namespace"), meta["name"])
         result = await self._request(
             "apply", "PATCH", path, params=params, body=obj, content_type=APPLY_CONTENT_TYPE

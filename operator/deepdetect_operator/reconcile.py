@@ -46,6 +46,7 @@ from deepdetect_operator.cli import flatten_validation_error
 from deepdetect_operator.kubeapi import (
     DEEPDETECTSERVICES,
     DEPLOYMENTS,
+    FIELD_MANAGER,
     HPAS,
     PODS,
     SECRETS,
@@ -73,6 +74,7 @@ from deepdetect_operator.status import (
 log = logging.getLogger(__name__)
 
 ANNOTATION_APPLIED_HASH = f"{GROUP}/applied-hash"
+REPLICAS_HANDOVER_MANAGER = f"{FIELD_MANAGER}-replicas-handover"
 REASON_CHECKPOINT_UNRESOLVED = "CheckpointNotResolved"
 REASON_CHILD_CONFLICT = "ChildConflict"
 API_KEY_BYTES = 32
@@ -151,6 +153,32 @@ def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
     want = desired["metadata"]["annotations"][ANNOTATION_APPLIED_HASH]
     have = ((live.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_APPLIED_HASH)
     return have != want or not is_subset(desired, live)
+
+
+def hands_replicas_over(desired: dict[str, Any], live: dict[str, Any]) -> bool:
+    """True when this apply drops `spec.replicas` (the HPA takes over) while we still own it.
+
+    Server-side apply deletes a field its manager stops applying: the Deployment would fall back to
+    the default of 1 replica before the HPA's first scale. Kubernetes' documented fix is to hand the
+    field to another manager first ("Transferring ownership" in the SSA docs).
+    """
+    if "replicas" in desired.get("spec", {}) or "replicas" not in live.get("spec", {}):
+        return False
+    for entry in live.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply":
+            return "f:replicas" in (entry.get("fieldsV1") or {}).get("f:spec", {})
+    return False
+
+
+def replicas_handover(live: dict[str, Any]) -> dict[str, Any]:
+    """The apply that makes REPLICAS_HANDOVER_MANAGER co-own the live replica count."""
+    meta = live["metadata"]
+    return {
+        "apiVersion": live.get("apiVersion", "apps/v1"),
+        "kind": live.get("kind", "Deployment"),
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "spec": {"replicas": live["spec"]["replicas"]},
+    }
 
 
 def controller_uid(obj: dict[str, Any]) -> str | None:
@@ -499,6 +527,9 @@ class Reconciler:
             desired = with_applied_hash(child)
             if not needs_apply(desired, live):
                 continue
+            if res == DEPLOYMENTS and live is not None and hands_replicas_over(desired, live):
+                await self.api.apply(replicas_handover(live), field_manager=REPLICAS_HANDOVER_MANAGER)
+                result.writes += 1
             try:
                 applied = await self.api.apply(desired)
             except Invalid as exc:

@@ -147,6 +147,24 @@ async def test_spec_update_scale_and_autoscaling_off(cluster: Cluster, checkpoin
     assert scale["spec"]["replicas"] == 3 and scale["status"]["selector"] == naming.selector_string("faces")
 
 
+async def test_turning_autoscaling_on_keeps_the_replica_count(
+    cluster: Cluster, checkpoint: tuple[str, str]
+) -> None:
+    """Server-side apply removes a field its manager stops applying: dropping spec.replicas for the HPA
+    would scale a 3-pod service to the default 1. The operator hands the field over first."""
+    uri, _ = checkpoint
+    await cluster.create(cr_manifest("faces", uri, autoscaling={"enabled": False}, replicas=3))
+    await eventually(lambda: (cluster.deployment("faces") or {}).get("spec", {}).get("replicas") == 3)
+    await cluster.patch_spec("faces", {"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 5}})
+    hpa = "autoscaling/v2/horizontalpodautoscalers"
+    await eventually(lambda: cluster.emu.stored(hpa, NS, naming.hpa_name("faces")), message="HPA created")
+    deployment = cluster.deployment("faces")
+    assert deployment["spec"].get("replicas") == 3
+    owners = {e["manager"]: e["fieldsV1"] for e in deployment["metadata"]["managedFields"]}
+    assert "f:replicas" not in owners["deepdetect-operator"]["f:spec"]
+    assert "f:replicas" in owners["deepdetect-operator-replicas-handover"]["f:spec"]
+
+
 async def test_deleted_or_edited_child_is_restored(cluster: Cluster, checkpoint: tuple[str, str]) -> None:
     uri, _ = checkpoint
     await cluster.create(cr_manifest("faces", uri))

@@ -100,6 +100,27 @@ async def test_apply_patch_creates_then_merges(emu: Any) -> None:
     assert missing.status == 404  # a merge patch does not create
 
 
+async def test_apply_removes_fields_its_manager_stopped_applying(emu: Any) -> None:
+    """SSA ownership: a field one manager drops goes, unless another manager's apply still owns it."""
+    emulator, http = emu
+
+    async def apply(manager: str, data: dict[str, str]) -> None:
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "own"}, "data": data}
+        resp = await http.patch(f"{CM_PATH}/own?fieldManager={manager}&force=true", json=body, headers=APPLY)
+        assert resp.status in (200, 201)
+
+    await apply("a", {"x": "1", "y": "2", "z": "3"})
+    await apply("b", {"z": "3"})
+    await apply("a", {"x": "1"})
+    stored = emulator.stored("v1/configmaps", "ns1", "own")
+    assert stored["data"] == {"x": "1", "z": "3"}  # y had no other owner; z is b's too
+    owners = {e["manager"]: e["fieldsV1"] for e in stored["metadata"]["managedFields"]}
+    assert owners == {"a": {"f:data": {"f:x": {}}}, "b": {"f:data": {"f:z": {}}}}
+    version = stored["metadata"]["resourceVersion"]
+    await apply("a", {"x": "1"})  # a no-op apply writes nothing
+    assert emulator.stored("v1/configmaps", "ns1", "own")["metadata"]["resourceVersion"] == version
+
+
 async def test_json_patch_test_failure_is_422(emu: Any) -> None:
     _, http = emu
     await http.post(CM_PATH, json={"metadata": {"name": "c"}, "data": {"a": "1"}})
