@@ -60,26 +60,19 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     async def dds_by_instance(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[Any, Any]:
         return {(namespace, naming.label_value(name)): (name, (status.get("rollout") or {}).get("state", ""))}
 
-    @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, id="deployment-event", registry=registry)
-    async def deployment_event(
-        namespace: str,
-        labels: kopf.Labels,
-        dds_by_instance: kopf.Index[Any, Any],
-        memo: kopf.Memo,
-        logger: Any,
-        **_: Any,
-    ) -> None:
-        await memo.reconciler.child_changed(namespace, labels, dds_by_instance, logger=logger, pods=False)
+    def on_child_event(group: str, plural: str, *, pods: bool) -> None:
+        @kopf.on.event(group, "v1", plural, labels=CHILD_LABELS, id=f"{plural[:-1]}-event", registry=registry)
+        async def child_event(
+            namespace: str,
+            labels: kopf.Labels,
+            dds_by_instance: kopf.Index[Any, Any],
+            memo: kopf.Memo,
+            logger: Any,
+            **_: Any,
+        ) -> None:
+            await memo.reconciler.child_changed(namespace, labels, dds_by_instance, logger=logger, pods=pods)
 
-    @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, id="pod-event", registry=registry)
-    async def pod_event(
-        namespace: str,
-        labels: kopf.Labels,
-        dds_by_instance: kopf.Index[Any, Any],
-        memo: kopf.Memo,
-        logger: Any,
-        **_: Any,
-    ) -> None:
-        await memo.reconciler.child_changed(namespace, labels, dds_by_instance, logger=logger, pods=True)
+    on_child_event("apps", "deployments", pods=False)
+    on_child_event("", "pods", pods=True)
 
     return registry

@@ -103,17 +103,16 @@ async def _rolled_out(c: Cluster, name: str, digest: str) -> None:
     )
 
 
+def polled_cr(name: str, uri: str) -> dict[str, Any]:
+    """A CR whose checkpoint the operator re-resolves every second (the push flow)."""
+    return cr_manifest(name, uri, model={"checkpoint": {"uri": uri, "pollInterval": "1s"}})
+
+
 async def test_new_digest_rolls_and_deadline_rolls_back(
     cluster: Cluster, http_checkpoint: CheckpointServer
 ) -> None:
     good = http_checkpoint.publish(b"checkpoint v1")
-    await cluster.create(
-        cr_manifest(
-            "faces",
-            http_checkpoint.url,
-            model={"checkpoint": {"uri": http_checkpoint.url, "pollInterval": "1s"}},
-        )
-    )
+    await cluster.create(polled_cr("faces", http_checkpoint.url))
     await _rolled_out(cluster, "faces", good)
     assert cluster.status("faces")["phase"] == "Ready"
 
@@ -160,13 +159,7 @@ async def test_resolver_error_keeps_running_digest(
     cluster: Cluster, http_checkpoint: CheckpointServer
 ) -> None:
     good = http_checkpoint.publish(b"checkpoint v1")
-    await cluster.create(
-        cr_manifest(
-            "faces",
-            http_checkpoint.url,
-            model={"checkpoint": {"uri": http_checkpoint.url, "pollInterval": "1s"}},
-        )
-    )
+    await cluster.create(polled_cr("faces", http_checkpoint.url))
     await _rolled_out(cluster, "faces", good)
 
     http_checkpoint.fail_status = 503
