@@ -68,10 +68,14 @@ class CelRule:
 
 # The same rules are pydantic validators in api.py, so the operator and the `render` CLI reject what the
 # API server rejects; tests evaluate these CEL expressions (cel-python) against the same table of CRs.
+# Every field a rule reads is guarded with has(): at CRD creation the API server evaluates each rule
+# against the node's `default: {}` as written, before nested defaults apply, and an unguarded
+# `self.minReplicas` refuses the whole CRD ("no such key"). On a CR the defaults are in place first, so
+# the guards never weaken a rule there.
 CEL_RULES: tuple[CelRule, ...] = (
     CelRule(
         ("autoscaling",),
-        "self.minReplicas <= self.maxReplicas",
+        "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
         "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
         ".minReplicas",
     ),
@@ -95,14 +99,16 @@ CEL_RULES: tuple[CelRule, ...] = (
     ),
     CelRule(
         ("rollout",),
-        "self.maxSurge > 0 || self.maxUnavailable > 0",
+        "!has(self.maxSurge) || !has(self.maxUnavailable) || self.maxSurge > 0 || self.maxUnavailable > 0",
         "rollout.maxSurge and rollout.maxUnavailable cannot both be 0 (the rollout could never progress)",
         ".maxSurge",
     ),
     CelRule(
         (),
-        "self.autoscaling.enabled ? self.disruption.minAvailable <= self.autoscaling.maxReplicas"
-        " : (self.replicas == 0 || self.disruption.minAvailable <= self.replicas)",
+        "!has(self.disruption) || !has(self.disruption.minAvailable) || !has(self.autoscaling)"
+        " || !has(self.autoscaling.enabled) || !has(self.autoscaling.maxReplicas) || !has(self.replicas)"
+        " || (self.autoscaling.enabled ? self.disruption.minAvailable <= self.autoscaling.maxReplicas"
+        " : (self.replicas == 0 || self.disruption.minAvailable <= self.replicas))",
         "disruption.minAvailable must not exceed replicas (or autoscaling.maxReplicas): lower it first",
         ".disruption.minAvailable",
     ),

@@ -8,6 +8,7 @@ reject the same specs as the pydantic validators in api.py.
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ from deepdetect_operator.crd import (
     validate_cr,
 )
 from pydantic import ValidationError
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/apiserver_rules.py (last: no shadowing)
+from apiserver_rules import default_rule_errors, rule_errors
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / f"{CRD_NAME}.yaml"
@@ -159,6 +163,42 @@ def test_every_cel_rule_compiles() -> None:
     env = celpy.Environment()
     for rule in CEL_RULES:
         env.compile(rule.rule)
+
+
+def test_cel_rules_hold_on_every_schema_default() -> None:
+    """The API server evaluates each rule against each `default` as written, nested defaults not applied:
+    an unguarded `self.minReplicas` on `autoscaling: {default: {}}` refused the whole CRD (issue 8)."""
+    pytest.importorskip("celpy", reason="cel-python (dev extra) evaluates the CEL rules")
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert default_rule_errors(schema) == []
+
+
+def test_default_rule_check_refuses_an_unguarded_rule() -> None:
+    """The check itself, on the recorded case: an unguarded rule on `default: {}` gives the server's error."""
+    pytest.importorskip("celpy", reason="cel-python (dev extra) evaluates the CEL rules")
+    rule = {"rule": "self.min <= self.max", "message": "min must not exceed max"}
+    node = {"type": "object", "default": {}, "properties": {"min": {"type": "integer", "default": 1},
+            "max": {"type": "integer", "default": 8}}, "x-kubernetes-validations": [rule]}
+    schema = {"type": "object", "properties": {"spec": {"type": "object", "properties": {"scaling": node}}}}
+    assert default_rule_errors(schema) == [
+        "spec.validation.openAPIV3Schema.properties[spec].properties[scaling].default: Invalid value:"
+        ' "object": no such key: min evaluating rule: min must not exceed max'
+    ]
+    node["x-kubernetes-validations"][0]["rule"] = "!has(self.min) || !has(self.max) || self.min <= self.max"
+    assert default_rule_errors(schema) == []
+
+
+def test_cel_rules_hold_on_every_defaulted_example() -> None:
+    """The same rules on the examples after defaulting (what the API server does for a CR)."""
+    pytest.importorskip("celpy", reason="cel-python (dev extra) evaluates the CEL rules")
+    import yaml
+
+    schema = open_api_schema()
+    for path in sorted((REPO / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "DeepDetectService":
+                continue
+            assert rule_errors(schema, apply_defaults(schema, doc), "") == [], path.name
 
 
 def _set(cr: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
