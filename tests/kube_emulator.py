@@ -218,6 +218,21 @@ class Unprocessable(k8s.KubernetesError):
     pass
 
 
+# Query parameters the API server parses with strconv.ParseInt: `timeoutSeconds=300.0` is a 400.
+_INTEGER_PARAMS = ("timeoutSeconds", "limit", "gracePeriodSeconds")
+_GO_INT = re.compile(r"^[+-]?[0-9]+$")
+
+
+def integer_param_error(params: Any) -> k8s.KubernetesError | None:
+    """The real server's 400 for an integer query parameter that is not a Go integer, else None."""
+    for name in _INTEGER_PARAMS:
+        value = params.get(name)
+        if value is not None and not _GO_INT.match(str(value)):
+            message = f'strconv.ParseInt: parsing "{value}": invalid syntax'
+            return k8s.KubernetesError(status=400, reason="BadRequest", message=message)
+    return None
+
+
 @attrs.define(kw_only=True)
 class KubeEmulator(kmock.KubernetesEmulator):
     """kmock's emulator plus the API-server bookkeeping listed in the module docstring."""
@@ -451,6 +466,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
     # ------------------------------------------------------------ request handling
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        bad_param = integer_param_error(raw_request.query)
+        if bad_param is not None:
+            await raw_request.read()
+            return await self._render_error(bad_param)
         match = _NAMESPACE_PATH.match(raw_request.path)
         if match:
             await raw_request.read()

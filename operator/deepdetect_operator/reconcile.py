@@ -96,7 +96,7 @@ class OperatorConfig:
     priority: int = 0
     liveness: str = "http://0.0.0.0:8080/healthz"
     metrics_port: int = 9090
-    watch_server_timeout_s: float = 300.0
+    watch_server_timeout_s: int = 300  # timeoutSeconds on every watch: an integer query parameter
     watch_client_timeout_s: float = 330.0
     watch_connect_timeout_s: float = 10.0
     request_timeout_s: float = 30.0

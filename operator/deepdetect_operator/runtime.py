@@ -30,6 +30,25 @@ def _env_list(name: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
 
 
+def _positive_int(text: str) -> int:
+    """A whole number of seconds: `timeoutSeconds=300.0` is a 400 from a real API server."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value}")
+    return value
+
+
+def query_seconds(value: float) -> int:
+    """Seconds for an integer query parameter: the API server parses them with strconv.ParseInt, so kopf
+    (which sends `settings.watching.server_timeout` as given) must get an int, never 300.0."""
+    if value != int(value) or value <= 0:
+        raise ValueError(f"a query-string timeout must be a positive whole number of seconds, got {value}")
+    return int(value)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-n",
@@ -69,7 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="per-CR timer tick (checks resync and checkpoint polls)",
     )
     parser.add_argument(
-        "--watch-timeout", type=float, default=300.0, help="server-side watch timeout, seconds"
+        "--watch-timeout",
+        type=_positive_int,
+        default=300,
+        help="server-side watch timeout, whole seconds (sent as timeoutSeconds, which the API server "
+        "parses as an integer)",
     )
     parser.add_argument("--log-format", choices=("json", "plain", "full"), default="json")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
@@ -96,7 +119,7 @@ def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # A watch that stops delivering without closing is ended by the server after server_timeout, by us
     # after client_timeout, and kopf restarts one idle for inactivity_timeout (bookmarks come every 60s).
-    settings.watching.server_timeout = config.watch_server_timeout_s
+    settings.watching.server_timeout = query_seconds(config.watch_server_timeout_s)
     settings.watching.client_timeout = config.watch_client_timeout_s
     settings.watching.connect_timeout = config.watch_connect_timeout_s
     settings.networking.request_timeout = config.request_timeout_s

@@ -198,3 +198,18 @@ async def test_set_status_and_watch_events(emu: Any) -> None:
         assert b'"ADDED"' in line and b'"readyReplicas": 1' in line
     writes = emulator.writes()
     assert [w.method.value for w in writes] == ["POST"]  # set_status is not an HTTP request
+
+
+@pytest.mark.parametrize(("query", "value"), [("timeoutSeconds", "300.0"), ("limit", "1.5")])
+async def test_integer_query_parameters_are_parsed_strictly(query: str, value: str) -> None:
+    """A real API server parses these with strconv.ParseInt (cases.json): 300.0 is a 400, not a watch."""
+    emu = make_emulator()
+    async with emu, kmock.Server(emu) as server, aiohttp.ClientSession(base_url=str(server.url)) as http:
+        params = {query: value, **({"watch": "true"} if query == "timeoutSeconds" else {})}
+        resp = await http.get("/api/v1/namespaces/ns/configmaps", params=params)
+        assert resp.status == 400
+        body = await resp.json()
+        assert body["reason"] == "BadRequest"
+        assert body["message"] == f'strconv.ParseInt: parsing "{value}": invalid syntax'
+        ok = await http.get("/api/v1/namespaces/ns/configmaps", params={query: "1"})
+        assert ok.status == 200
