@@ -3,7 +3,10 @@
 The checkpoint is served by `http.server` on a real socket, with an ETag per content like an object store;
 the test rewrites the bytes and watches the operator notice within `pollInterval`, roll the pod template,
 fail on ProgressDeadlineExceeded and roll back to the last good digest, and keep the running digest when
-the source breaks.
+the source breaks. Rollouts that complete need ready pods: where the test reports them by hand (the
+emulator, which runs no controller), it is emulator-only; a real cluster without a kubelet never gets
+ready pods, so those parts are left to the kind e2e suite (e2e/README.md), and a counterpart checks what
+needs no ready pod.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conftest_integration import Cluster, cluster, cr_manifest, eventually
+from conftest_integration import Cluster, cluster, cr_manifest, emulator_only, eventually
 from deepdetect_operator.api import ANNOTATION_CHECKPOINT_DIGEST
 
 __all__ = ["cluster"]
@@ -108,6 +111,10 @@ def polled_cr(name: str, uri: str) -> dict[str, Any]:
     return cr_manifest(name, uri, model={"checkpoint": {"uri": uri, "pollInterval": "1s"}})
 
 
+READY_BY_HAND = "reports the pods ready and the deadline missed by hand (a real rollout needs a kubelet)"
+
+
+@emulator_only(READY_BY_HAND)
 async def test_new_digest_rolls_and_deadline_rolls_back(
     cluster: Cluster, http_checkpoint: CheckpointServer
 ) -> None:
@@ -155,6 +162,7 @@ async def test_new_digest_rolls_and_deadline_rolls_back(
     )
 
 
+@emulator_only(READY_BY_HAND)
 async def test_resolver_error_keeps_running_digest(
     cluster: Cluster, http_checkpoint: CheckpointServer
 ) -> None:
@@ -175,6 +183,24 @@ async def test_resolver_error_keeps_running_digest(
     http_checkpoint.fail_status = 0
     await eventually(lambda: cluster.condition("faces", "CheckpointResolved").get("status") == "True")
     assert template_digest(cluster, "faces") == good  # same bytes: nothing rolls
+
+
+async def test_resolver_error_keeps_the_template_digest(
+    cluster: Cluster, http_checkpoint: CheckpointServer
+) -> None:
+    """The counterpart without ready pods: a broken source never changes the pod template's digest."""
+    good = http_checkpoint.publish(b"checkpoint v1")
+    await cluster.create(polled_cr("faces", http_checkpoint.url))
+    await eventually(lambda: template_digest(cluster, "faces") == good, message="template at the digest")
+    http_checkpoint.fail_status = 503
+    await eventually(
+        lambda: cluster.condition("faces", "CheckpointResolved").get("status") == "False", message="condition"
+    )
+    assert "503" in cluster.condition("faces", "CheckpointResolved")["message"]
+    assert template_digest(cluster, "faces") == good and cluster.status("faces")["model"]["digest"] == good
+    http_checkpoint.fail_status = 0
+    await eventually(lambda: cluster.condition("faces", "CheckpointResolved").get("status") == "True")
+    assert template_digest(cluster, "faces") == good
 
 
 async def test_sha256_pin_change_rolls_at_once(cluster: Cluster, http_checkpoint: CheckpointServer) -> None:

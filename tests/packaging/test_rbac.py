@@ -323,7 +323,7 @@ async def run_operator_lifecycle(tmp_path: Path) -> set[tuple[str, str, str]]:
     def phase() -> str:
         return ((emu.stored(crs, ns, name) or {}).get("status") or {}).get("phase", "")
 
-    emu = make_emulator(service_monitor=True)
+    emu = make_emulator(service_monitor=True, namespaces=(ns,))
     async with emu, kmock.Server(emu) as server:
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(yaml.safe_dump({
