@@ -194,6 +194,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _answers: list[Answer] = attrs.field(factory=list, init=False)
     _terminating: set[tuple[kmock.resource, str]] = attrs.field(factory=set, init=False)
     _addresses: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _in_controllers: bool = attrs.field(default=False, init=False)
 
     # ------------------------------------------------------------ helpers for tests
 
@@ -672,6 +673,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if not isinstance(body, dict):
             raise bad_request(f"Object 'Kind' is missing in '{json.dumps(body)}'")
         body = copy.deepcopy(body)
+        if params.get("fieldValidation") == "Strict":  # the decoder runs before anything is looked up
+            self._field_validation(kind, copy.deepcopy(body), params, None)
         meta = body.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise bad_request("metadata must be an object")
@@ -1372,6 +1375,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def _finalize(self, kind: Kind, namespace: str | None, name: str) -> Obj:
         stored = self._objects._objects[(kind.resource, namespace, name)]
+        if stored.deleted:
+            return copy.deepcopy(stored.last.raw)
         gone = copy.deepcopy(stored.raw)
         self._rv += 1
         gone["metadata"]["resourceVersion"] = str(self._rv)
@@ -1407,53 +1412,62 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     self._patch(kind, ns, name, patch, MERGE_PATCH, {}, "kube-controller-manager", None)
 
     def _controllers(self) -> None:
-        """The namespace controller and the CRD cleanup controller, for what is terminating."""
-        for res, name in list(self._terminating):
-            kind = self._kind(res)
-            obj = self._raw(kind, None, name) if kind is not None else None
-            if kind is None or obj is None:
-                self._terminating.discard((res, name))
-                continue
-            if res == NAMESPACES:
-                content = [
-                    (r, ns, n)
-                    for (r, ns, n), o in self._objects._objects.items()
-                    if ns == name and not o.deleted
-                ]
-                finalizer = NAMESPACE_FINALIZER
-            else:
-                group, plural = obj["spec"]["group"], obj["spec"]["names"]["plural"]
-                content = [
-                    (r, ns, n)
-                    for (r, ns, n), o in self._objects._objects.items()
-                    if r.group == group and r.plural == plural and not o.deleted
-                ]
-                finalizer = CRD_CLEANUP
-            for r, ns, n in content:
-                child = self._kind(r)
-                if child is not None and not (self._raw(child, ns, n) or {}).get("metadata", {}).get(
-                    "deletionTimestamp"
-                ):
-                    self._delete(child, ns, n, {})
-            remaining = [c for c in content if self._raw(self._kind(c[0]), c[1], c[2]) is not None]  # type: ignore[arg-type]
-            if remaining:
-                continue
-            self._terminating.discard((res, name))
-            new = copy.deepcopy(obj)
-            if res == NAMESPACES:
-                new["spec"]["finalizers"] = [f for f in new["spec"].get("finalizers") or [] if f != finalizer]
-            new["metadata"]["finalizers"] = [
-                f for f in new["metadata"].get("finalizers") or [] if f != finalizer
+        """The namespace controller and the CRD cleanup controller, for what is terminating (passes until
+        nothing changes; deletions they make call back here, which then returns at once)."""
+        if self._in_controllers:
+            return
+        self._in_controllers = True
+        try:
+            while any([self._cleanup(res, name) for res, name in sorted(self._terminating, key=str)]):
+                pass
+        finally:
+            self._in_controllers = False
+
+    def _content(self, res: kmock.resource, obj: Obj) -> list[tuple[Kind, str | None, str]]:
+        name = obj["metadata"]["name"]
+        if res == NAMESPACES:
+            keys = [
+                (r, ns, n) for (r, ns, n), o in self._objects._objects.items() if ns == name and not o.deleted
             ]
-            if not new["metadata"]["finalizers"]:
-                new["metadata"].pop("finalizers")
-                if res != NAMESPACES or not new["spec"]["finalizers"]:
-                    self._finalize(kind, None, name)
-                    continue
-            self._rv += 1
-            new["metadata"]["resourceVersion"] = str(self._rv)
-            self._objects._objects[(res, None, name)].history.append(new)
-            self._log.publish(Change(self._rv, res, None, "MODIFIED", obj, new))
+        else:
+            group, plural = obj["spec"]["group"], obj["spec"]["names"]["plural"]
+            keys = [
+                (r, ns, n)
+                for (r, ns, n), o in self._objects._objects.items()
+                if r.group == group and r.plural == plural and not o.deleted
+            ]
+        return [(kind, ns, n) for r, ns, n in keys if (kind := self._kind(r)) is not None]
+
+    def _cleanup(self, res: kmock.resource, name: str) -> bool:
+        """Delete what a terminating namespace or CRD holds; once empty, drop its finalizer (and it).
+        True when something was removed."""
+        kind = self._kind(res)
+        obj = self._raw(kind, None, name) if kind is not None else None
+        if kind is None or obj is None:
+            self._terminating.discard((res, name))
+            return False
+        content = self._content(res, obj)
+        for child, ns, n in content:
+            if not ((self._raw(child, ns, n) or {}).get("metadata") or {}).get("deletionTimestamp"):
+                self._delete(child, ns, n, {})
+        if any(self._raw(child, ns, n) is not None for child, ns, n in content):
+            return False
+        self._terminating.discard((res, name))
+        finalizer = NAMESPACE_FINALIZER if res == NAMESPACES else CRD_CLEANUP
+        new = copy.deepcopy(obj)
+        if res == NAMESPACES:
+            new["spec"]["finalizers"] = [f for f in new["spec"].get("finalizers") or [] if f != finalizer]
+        new["metadata"]["finalizers"] = [f for f in new["metadata"].get("finalizers") or [] if f != finalizer]
+        if not new["metadata"]["finalizers"]:
+            new["metadata"].pop("finalizers")
+            if res != NAMESPACES or not new["spec"]["finalizers"]:
+                self._finalize(kind, None, name)
+                return True
+        self._rv += 1
+        new["metadata"]["resourceVersion"] = str(self._rv)
+        self._objects._objects[(res, None, name)].history.append(new)
+        self._log.publish(Change(self._rv, res, None, "MODIFIED", obj, new))
+        return True
 
 
 def _at(obj: Obj, path: str) -> Any:

@@ -537,19 +537,30 @@ async def existing_cluster(
 
 
 @pytest.fixture()
-async def cluster(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Cluster]:
+def cluster_backend() -> ExistingBackend | None:
+    """The cluster in KUBECONFIG under DEEPDETECT_TEST_CLUSTER=existing (None: the emulator). Checked
+    before anything else is set up, so an unusable cluster stops the run with one clear line."""
     if BACKEND == "emulator":
-        _skip_unsupported(request, "emulator", controllers=False)
-        async with _emulator_cluster(tmp_path, monkeypatch) as found:
-            yield found
-        return
+        return None
     if BACKEND != "existing":
         pytest.exit(
             f"DEEPDETECT_TEST_CLUSTER={BACKEND!r}: expected 'emulator' (default) or 'existing'", returncode=4
         )
-    backend = existing_backend()
-    _skip_unsupported(request, "existing", controllers=backend.has_controllers)
-    async with existing_cluster(backend) as found:
+    return existing_backend()
+
+
+@pytest.fixture()
+async def cluster(
+    cluster_backend: ExistingBackend | None,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Cluster]:
+    if cluster_backend is None:
+        _skip_unsupported(request, "emulator", controllers=False)
+        async with _emulator_cluster(tmp_path, monkeypatch) as found:
+            yield found
+        return
+    _skip_unsupported(request, "existing", controllers=cluster_backend.has_controllers)
+    async with existing_cluster(cluster_backend) as found:
         yield found

@@ -22,6 +22,7 @@ from conftest_integration import (
     OPERATOR_UA,
     Cluster,
     cluster,
+    cluster_backend,
     cr_manifest,
     emulator_only,
     eventually,
@@ -37,7 +38,7 @@ from deepdetect_operator.api import (
 from deepdetect_operator.kubeapi import CONFIGMAPS, FIELD_MANAGER, Conflict, Invalid, KubeAPI
 from kube_emulator import SERVICE_MONITOR_CRD
 
-__all__ = ["cluster"]  # the fixture, imported for pytest
+__all__ = ["cluster", "cluster_backend"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.timeout(60)
 

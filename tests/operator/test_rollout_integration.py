@@ -18,10 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conftest_integration import Cluster, cluster, cr_manifest, emulator_only, eventually
+from conftest_integration import Cluster, cluster, cluster_backend, cr_manifest, emulator_only, eventually
 from deepdetect_operator.api import ANNOTATION_CHECKPOINT_DIGEST
 
-__all__ = ["cluster"]
+__all__ = ["cluster", "cluster_backend"]
 
 pytestmark = pytest.mark.timeout(60)
 
