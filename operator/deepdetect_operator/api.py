@@ -108,7 +108,7 @@ class ResourcesSpec(_Model):
     )
     cpu: str = Field("4", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request and limit per pod")
     memory: str = Field(
-        "16Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$", description="memory request and limit"
+        "16Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$", description="memory request and limit"
     )
 
 

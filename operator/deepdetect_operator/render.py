@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from deepdetect_operator import naming
+from deepdetect_operator import naming, quantity
 from deepdetect_operator.api import (
     ANNOTATION_CHECKPOINT_DIGEST,
     ANNOTATION_CONFIG_HASH,
@@ -272,9 +272,11 @@ def _pod_security_context() -> dict[str, Any]:
 
 
 def _resources(spec: DeepDetectServiceSpec) -> dict[str, Any]:
+    """Requests = limits, in the canonical form the API server stores (quantity.py)."""
     res = spec.resources
-    requests = {"cpu": res.cpu, "memory": res.memory}
-    limits: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
+    cpu, memory = quantity.canonical(res.cpu), quantity.canonical(res.memory)
+    requests = {"cpu": cpu, "memory": memory}
+    limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if res.gpus > 0:
         limits[res.gpu_resource] = str(res.gpus)
     return {"requests": requests, "limits": limits}

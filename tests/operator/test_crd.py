@@ -245,6 +245,7 @@ INVALID = [
     ),
     ("typo-field", [("autoscalling", {"enabled": False})], "autoscalling"),
     ("bad-cpu", [("resources.cpu", "four")], "cpu"),
+    ("memory-suffix-kubernetes-refuses", [("resources.memory", "512K")], "memory"),  # k, not K
     ("too-many-gpus", [("resources.gpus", 17)], "gpus"),
     ("threshold-above-one", [("model.threshold", 1.5)], "threshold"),
     ("bad-auth-mode", [("auth.mode", "oauth")], "mode"),

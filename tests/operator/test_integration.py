@@ -264,14 +264,16 @@ async def test_noop_resync_makes_zero_writes(cluster: Cluster, checkpoint: tuple
     assert reads, "the resyncs did read the cluster"
 
 
+@pytest.mark.parametrize("resources", [{"cpu": "1", "memory": "1Gi"}, {"cpu": "0.5", "memory": "1024Mi"}])
 async def test_noop_resync_writes_nothing_by_the_operators_count(
-    cluster: Cluster, checkpoint: tuple[str, str]
+    cluster: Cluster, checkpoint: tuple[str, str], resources: dict[str, str]
 ) -> None:
     """The counterpart: the operator's own count of its writes stands still over several resyncs of a
     settled CR, whatever the cluster's controllers report meanwhile (what the API server returns for
-    what we applied must compare equal to it: defaults, canonical quantities, dropped empties)."""
+    what we applied must compare equal to it: defaults, canonical quantities, dropped empties). `0.5`
+    and `1024Mi` come back as `500m` and `1Gi`: rendered as typed, they were re-applied on every pass."""
     uri, _ = checkpoint
-    await cluster.create(cr_manifest("faces", uri))
+    await cluster.create(cr_manifest("faces", uri, resources={"gpus": 0, **resources}))
     await eventually(lambda: cluster.status("faces").get("phase") == "Progressing")
     await cluster.quiet()
     calls = cluster.memo.reconciler.api.calls
