@@ -121,7 +121,7 @@ def _agent(req: Any) -> str:
 
 
 async def run_size(size: int, checkpoint_uri: str, workdir: Path) -> Result:
-    emu = make_emulator()
+    emu = make_emulator(namespaces=tuple(f"team-{i}" for i in range(NS_COUNT)))
     async with emu, kmock.Server(emu) as server:
         kubeconfig = workdir / f"kubeconfig-{size}"
         _kubeconfig(kubeconfig, str(server.url).rstrip("/"))
