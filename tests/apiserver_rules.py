@@ -30,6 +30,7 @@ completeness of value validations (a field only inside anyOf).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -253,13 +254,21 @@ _REASON_TYPE = {
 }
 
 
+@functools.lru_cache(maxsize=1024)
+def _program(rule: str) -> Any:
+    """A compiled CEL rule (parsing costs far more than evaluating: compile each rule once)."""
+    import celpy  # type: ignore[import-untyped]
+
+    env = celpy.Environment()
+    return env.program(env.compile(rule))
+
+
 def rule_errors(node: Schema, value: Any, path: str, *, old: Any = None) -> list[str]:
     """CEL rules of `node` and of the nodes below it that `value` reaches, evaluated on `value` (rules on
     oldSelf only where an old value exists: transition rules)."""
     import celpy  # type: ignore[import-untyped]
 
     errors: list[str] = []
-    env = celpy.Environment()
     for rule in node.get("x-kubernetes-validations") or []:
         if "oldSelf" in rule["rule"] and old is None:
             continue
@@ -268,7 +277,7 @@ def rule_errors(node: Schema, value: Any, path: str, *, old: Any = None) -> list
         if old is not None:
             activation["oldSelf"] = celpy.json_to_cel(old)
         try:
-            ok = env.program(env.compile(rule["rule"])).evaluate(activation)
+            ok = _program(rule["rule"]).evaluate(activation)
         except Exception as exc:  # CELEvalError, CELParseError: the server reports them the same way
             kind = type(value).__name__ if not isinstance(value, dict) else "object"
             why = _cel_message(exc, rule["rule"], value)

@@ -6,6 +6,7 @@ object of it (`pkg/registry/customresource`, `pkg/apiserver/schema/defaulting`).
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +48,8 @@ class Kind:
     scale: dict[str, str] | None = None  # a custom kind's scale subresource paths
     list_kind: str = ""
 
-    @property
-    def resource(self) -> kmock.resource:
+    @functools.cached_property
+    def resource(self) -> kmock.resource:  # cached: building one is slow, and lists compare thousands
         return kmock.resource(group=self.group, version=self.version, plural=self.plural)
 
     @property
@@ -158,12 +159,24 @@ NOT_CHECKED = (
 )
 
 
+def _same_body(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    skip = ("metadata", "status")
+    return {k: v for k, v in old.items() if k not in skip} == {k: v for k, v in new.items() if k not in skip}
+
+
 def custom_errors(
     kind: Kind, obj: dict[str, Any], old: dict[str, Any] | None, *, status_only: bool
 ) -> list[str]:
-    """customResourceStrategy.Validate: the schema, then (when nothing blocks them) the CEL rules."""
+    """customResourceStrategy.Validate: the schema, then (when nothing blocks them) the CEL rules.
+
+    Validation ratcheting (CRDValidationRatcheting, on by default): an update that leaves the validated
+    part unchanged keeps what was accepted before, so a metadata-only patch (kopf's finalizer and
+    annotations) is not checked again."""
     assert kind.schema is not None
     schema = kind.schema
+    part = "status" if status_only else "spec"
+    if old is not None and old.get(part) == obj.get(part) and (status_only or _same_body(old, obj)):
+        return []
     if status_only:
         sub = (schema.get("properties") or {}).get("status")
         if sub is None or "status" not in obj:

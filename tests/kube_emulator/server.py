@@ -175,10 +175,13 @@ def _decode_body(body: bytes, ctype: str) -> Any:
     if not body:
         return None
     try:
-        if ctype == APPLY_PATCH:
-            return yaml.safe_load(body.decode())
         return json.loads(body)
-    except (ValueError, yaml.YAMLError, UnicodeDecodeError):
+    except ValueError:
+        if ctype != APPLY_PATCH:
+            return _INVALID_BODY
+    try:  # an applied configuration may be YAML (JSON, which clients mostly send, is YAML too)
+        return yaml.load(body.decode(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (yaml.YAMLError, UnicodeDecodeError):
         return _INVALID_BODY
 
 
