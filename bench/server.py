@@ -554,6 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = torch_env(args.torch_threads if args.torch_threads else 0, {
             "DEEPDETECT_SHUTDOWN_DRAIN_S": "0", "DEEPDETECT_SHUTDOWN_GRACE_S": "10",
             "DEEPDETECT_MAX_QUEUE": str(max(256, 4 * max(levels))),
+            # The same photos are sent over and over: the model's throughput is measured, not the cache's.
+            "DEEPDETECT_CACHE_ENABLED": "false",
             **({"DEEPDETECT_DECODE_WORKERS": str(args.decode_workers)} if args.decode_workers else {}),
         })
         servers: dict[int, Running] = {}

@@ -8,8 +8,10 @@ the batcher and admission. Routes in `api/` only translate HTTP to these calls a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,6 +24,7 @@ from .batcher import Batcher
 from .checkpoint import ModelCard, check_card_matches, load_checkpoint
 from .config import ServerSettings
 from .errors import DeadlineExceeded, ModelNotFound, NotReady
+from .media import sniff
 from .metrics import Metrics
 from .model import Detector, available_cpus
 from .preprocess import Preprocessor
@@ -35,6 +38,14 @@ State = Literal["new", "loading", "ready", "draining", "stopped"]
 class Prediction:
     label: str
     score: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One piece of media, judged: the body /v1/detect and a job answer (less the request's latency)."""
+
+    body: dict[str, Any]
+    cost: int  # media units: 1 for an image (a video: the frames it was sampled into)
 
 
 class Core:
@@ -61,6 +72,12 @@ class Core:
     def ready(self) -> bool:
         """Model loaded, warmed, and not draining: the only state that takes traffic."""
         return self.state == "ready" and self.detector is not None
+
+    @property
+    def card_hash(self) -> str:
+        """sha256 of the card (preprocessing, labels, threshold...): part of every result-cache key."""
+        assert self.card is not None
+        return hashlib.sha256(self.card.model_dump_json().encode()).hexdigest()
 
     @property
     def threshold(self) -> float:
@@ -127,8 +144,9 @@ class Core:
 
     # --- requests --------------------------------------------------------------------------------------
 
-    def authorize(self, authorization: str | None) -> None:
-        self.auth.check(authorization)
+    def authorize(self, authorization: str | None) -> str:
+        """The tenant (the API key's name) of a request; Unauthorized without a valid key."""
+        return self.auth.check(authorization)
 
     def check_model(self, name: str, version: str | None = None) -> None:
         if name != self.settings.model_name:
@@ -136,23 +154,38 @@ class Core:
         if version is not None and self.card is not None and version != self.card.version:
             raise ModelNotFound(f"unknown version {version!r} of model {name!r}")
 
-    async def predict(self, images: list[bytes]) -> list[Prediction]:
-        """Decode (thread pool), batch, infer; all within `request_timeout_s`."""
+    def check_media(self, data: bytes) -> None:
+        """Refuse, before it is queued as a job, what `verdict` could never score (415, 400)."""
+        sniff(data)
+
+    def media_cost(self, data: bytes, params: Mapping[str, Any]) -> int:
+        """Media units `verdict` will spend on this input, known before it runs (rate limits charge it)."""
+        return 1
+
+    async def verdict(self, data: bytes, params: Mapping[str, Any] | None = None,
+                      timeout_s: float | None = None) -> Verdict:
+        """The detection entry point of /v1/detect and jobs: media bytes (+ parameters) -> verdict."""
+        [pred] = await self.predict([data], timeout_s=timeout_s)
+        body = {"label": pred.label, "score": pred.score, "threshold": self.threshold,
+                "model": {"name": self.settings.model_name, "digest": self.digest}}
+        return Verdict(body, cost=1)
+
+    async def predict(self, images: list[bytes], timeout_s: float | None = None) -> list[Prediction]:
+        """Decode (thread pool), batch, infer; all within `timeout_s` (default `request_timeout_s`)."""
         # Draining still serves: the load balancer may send a few more requests before it sees not-ready.
         if self.state not in ("ready", "draining") or self._batcher is None or self._preprocess is None:
             raise NotReady("model is not ready" if self.state != "stopped" else "server is shutting down")
         reservation = self._batcher.reserve(len(images))  # before any decoding: shed load cheaply
         loop = asyncio.get_running_loop()
+        timeout_s = timeout_s or self.settings.request_timeout_s
         try:
-            async with asyncio.timeout(self.settings.request_timeout_s):
+            async with asyncio.timeout(timeout_s):
                 arrays = await asyncio.gather(
                     *(loop.run_in_executor(self._pool, self._preprocess, data) for data in images)
                 )
                 scores = await reservation.submit(arrays)
         except TimeoutError:
-            raise DeadlineExceeded(
-                f"request took longer than {self.settings.request_timeout_s:g}s: retry later"
-            ) from None
+            raise DeadlineExceeded(f"request took longer than {timeout_s:g}s: retry later") from None
         finally:
             reservation.release()
         return [self._verdict(score) for score in scores]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -93,3 +94,52 @@ def server_fixture(settings: ServerSettings) -> Iterator[ThreadedServer]:
     finally:
         srv.stop()
 
+
+
+class RedisProcess:
+    """A real `redis-server` of our own on a free loopback port; stop and start it again on the same port.
+
+    `persist_dir` turns on the append-only file there, so a restart keeps what was written (as a
+    production Redis that holds jobs must)."""
+
+    def __init__(self, persist_dir: Path | None = None) -> None:
+        import shutil
+
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise RuntimeError("redis-server not found: apt-get install redis-server (.ci/run installs it)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.persist_dir = persist_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> RedisProcess:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--daemonize", "no", "--loglevel", "warning"]
+        if self.persist_dir is not None:
+            args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.persist_dir)]
+        else:
+            args += ["--appendonly", "no"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ping():
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not answer PING")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None

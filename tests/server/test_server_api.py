@@ -33,7 +33,8 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     settings = ServerSettings(checkpoint=checkpoint, device="cpu", host="127.0.0.1", auth_mode="apiKey",
                               api_key_file=keys, max_upload_mb=UPLOAD_MB, max_image_pixels=1_000_000,
                               max_batch_size=8, max_delay_ms=10, max_batch_inputs=16, decode_workers=2,
-                              shutdown_drain_s=0, shutdown_grace_s=5)
+                              shutdown_drain_s=0, shutdown_grace_s=5,
+                              cache_enabled=False)  # these tests count batches: every image reaches the model
     srv = ThreadedServer(settings).start()
     yield srv
     srv.stop()
