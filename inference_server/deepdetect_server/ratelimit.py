@@ -81,8 +81,8 @@ class RateLimiter:
             if cost > item.amount:
                 self._refuse(tenant, budget)
                 raise TooManyRequests(
-                    f"this request costs {cost} media units, more than tenant {tenant!r}'s whole budget of "
-                    f"{item}", retry_after_s=item.get_expiry())
+                    f"this request costs {cost} {budget} units, more than the whole {budget} budget of "
+                    f"tenant {tenant!r} ({item})", retry_after_s=item.get_expiry())
             if await self._hit(item, tenant, budget, cost):
                 continue
             self._refuse(tenant, budget)
@@ -97,7 +97,8 @@ class RateLimiter:
         if self.link is None:
             return await self._limiter.hit(item, tenant, budget, cost=cost)
         try:
-            return await self.link.call("ratelimit", lambda _: self._limiter.hit(item, tenant, budget, cost=cost))
+            return await self.link.call(
+                "ratelimit", lambda _: self._limiter.hit(item, tenant, budget, cost=cost))
         except StoreUnavailable:
             return True  # fail open; the link counted the error
 

@@ -95,8 +95,8 @@ class RedisLink:
 
     def unavailable(self, component: str) -> StoreUnavailable:
         if component == "jobs":
-            return StoreUnavailable(f"the job store is unavailable (Redis at {self.where} is unreachable): jobs "
-                                    "can be neither accepted nor read right now; retry later")
+            return StoreUnavailable(f"the job store is unavailable (Redis at {self.where} is unreachable): "
+                                    "jobs can be neither accepted nor read right now; retry later")
         return StoreUnavailable(f"Redis at {self.where} is unreachable: retry later")
 
     async def call(self, component: str, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:

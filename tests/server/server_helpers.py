@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import socket
 import subprocess
 import threading
@@ -40,6 +41,16 @@ def encode(arr: np.ndarray, fmt: str, **kw: object) -> bytes:
 def make_checkpoint(path: Path, input_size: int = 160, **card: object) -> Path:
     create_checkpoint(path, card_for_architecture(ARCH, input_size, **card))
     return path
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples whose labels include `labels` (0 when absent)."""
+    total = 0.0
+    for m in re.finditer(rf"^{re.escape(name)}(\{{[^}}]*\}})? ([0-9.eE+-]+)$", text, re.MULTILINE):
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
 
 
 def free_socket() -> socket.socket:

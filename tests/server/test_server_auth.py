@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-import os
-
 from deepdetect_server.auth import ApiKeyAuth, AuthConfigError, NamedKey, parse_keys, read_keys
 from deepdetect_server.config import ServerSettings
 from deepdetect_server.core import Core

@@ -75,8 +75,8 @@ def register(app: FastAPI, core: Core, services: Services) -> None:
         if not data:
             raise BadRequest("no media: send multipart field 'file' or the media as the request body")
         if len(data) > core.settings.jobs_max_payload_bytes:
-            raise PayloadTooLarge(f"media is over the job payload limit of {core.settings.jobs_max_payload_bytes}"
-                                  " bytes")
+            limit = core.settings.jobs_max_payload_bytes
+            raise PayloadTooLarge(f"media is over the job payload limit of {limit} bytes")
         core.check_media(data)  # refuse now what could never be scored, not after it queued
         if callback:
             services.callbacks.check(callback, tenant)

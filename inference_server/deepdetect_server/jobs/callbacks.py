@@ -185,7 +185,8 @@ class CallbackSender:
             if 200 <= response.status_code < 300:
                 await self.store.callback_result(job.id, "delivered")
                 self.metrics.callbacks.labels(result="delivered").inc()
-                log.info("callback delivered", extra={"job": job.id, "tenant": job.tenant, "attempt": attempt})
+                log.info("callback delivered",
+                         extra={"job": job.id, "tenant": job.tenant, "attempt": attempt})
                 return
             error = f"HTTP {response.status_code}"
             retryable = response.status_code >= 500 or response.status_code in RETRYABLE

@@ -74,7 +74,8 @@ class JobRecord:
     def to_fields(self) -> dict[str, str]:
         raw: dict[str, Any] = {
             "id": self.id, "tenant": self.tenant, "state": self.state, "created_at": self.created_at,
-            "updated_at": self.updated_at, "params": json.dumps(self.params), "callback_url": self.callback_url,
+            "updated_at": self.updated_at, "params": json.dumps(self.params),
+            "callback_url": self.callback_url,
             "size": self.size, "attempts": self.attempts, "lost": self.lost, "worker": self.worker,
             "event_id": self.event_id, "callback_state": self.callback_state,
             "callback_attempts": self.callback_attempts, "callback_error": self.callback_error,
@@ -99,7 +100,8 @@ class JobRecord:
             result=json.loads(f["result"]) if f.get("result") else None,
             error=json.loads(f["error"]) if f.get("error") else None,
             event_id=f.get("event_id", ""), callback_state=cast(CallbackState, f.get("callback_state", "")),
-            callback_attempts=int(f.get("callback_attempts") or 0), callback_error=f.get("callback_error", ""),
+            callback_attempts=int(f.get("callback_attempts") or 0),
+            callback_error=f.get("callback_error", ""),
         )
 
 

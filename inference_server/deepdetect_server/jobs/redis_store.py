@@ -220,8 +220,9 @@ class RedisJobStore:
         return await self.link.call("jobs", lambda _: script(keys=keys, args=args))
 
     async def submit(self, new: NewJob) -> Submitted:
-        fields = JobRecord(id=new.id, tenant=new.tenant, state="queued", created_at=0.0, updated_at=0.0,
-                           params=new.params, callback_url=new.callback_url, size=len(new.payload)).to_fields()
+        record = JobRecord(id=new.id, tenant=new.tenant, state="queued", created_at=0.0, updated_at=0.0,
+                           params=new.params, callback_url=new.callback_url, size=len(new.payload))
+        fields = record.to_fields()
         for stamped in ("created_at", "updated_at"):
             del fields[stamped]  # the script stamps them with Redis's clock
         idem = f"{self.p}:idem:{new.tenant}:{new.idempotency_key}" if new.idempotency_key else ""
@@ -281,8 +282,8 @@ class RedisJobStore:
         return bool(done)
 
     async def release(self, claim: Claim) -> bool:
-        done = await self._run(self._release, [self._job(claim.job.id), f"{self.p}:leases", f"{self.p}:queue"],
-                               [claim.job.id, claim.token])
+        keys = [self._job(claim.job.id), f"{self.p}:leases", f"{self.p}:queue"]
+        done = await self._run(self._release, keys, [claim.job.id, claim.token])
         return bool(done)
 
     async def depth(self) -> dict[str, int]:

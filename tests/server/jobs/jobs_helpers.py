@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-import re
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+from server_helpers import metric
+
+__all__ = ["FINAL", "ServerProcess", "bearer", "key_file", "metric", "wait_job"]
 
 FINAL = {"succeeded", "failed", "canceled"}
 
@@ -32,16 +40,59 @@ def wait_job(url: str, location: str, headers: dict[str, str], timeout: float = 
     raise AssertionError(f"job {location} never reached {sorted(until)}; last seen {body}")
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of a metric's samples whose labels include `labels` (0 when absent)."""
-    total = 0.0
-    for m in re.finditer(rf"^{re.escape(name)}(\{{[^}}]*\}})? ([0-9.eE+-]+)$", text, re.MULTILINE):
-        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
 def key_file(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+class ServerProcess:
+    """`deepdetect-server serve` in its own process (a replica), configured by DEEPDETECT_* variables."""
+
+    def __init__(self, checkpoint: Path, log_path: Path, **settings: object) -> None:
+        from server_helpers import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "DEEPDETECT_DECODE_WORKERS": "1", "DEEPDETECT_CPU_THREADS": "1",
+               "DEEPDETECT_SHUTDOWN_DRAIN_S": "0"}
+        env.update({f"DEEPDETECT_{k.upper()}": json.dumps(v) if isinstance(v, list | dict) else str(v)
+                    for k, v in settings.items()})
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "deepdetect_server.cli", "serve", "--checkpoint", str(checkpoint),
+                 "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"], stderr=log, env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 90.0) -> ServerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("server never became ready")
+
+    def logs(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(line))
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # a test may have left it stopped
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -64,7 +64,8 @@ def test_a_job_is_visible_to_its_tenant_only(server: ThreadedServer, photos: dic
 
 def test_idempotency_key_is_scoped_to_the_api_key(server: ThreadedServer, photos: dict[str, bytes]) -> None:
     def submit(body: bytes, headers: dict[str, str]) -> httpx.Response:
-        return httpx.post(f"{server.url}/v1/jobs", content=body, headers={**headers, "Idempotency-Key": "order-7"})
+        return httpx.post(f"{server.url}/v1/jobs", content=body,
+                          headers={**headers, "Idempotency-Key": "order-7"})
 
     first = submit(photos["astronaut"], ACME)
     again = submit(photos["astronaut"], ACME)
@@ -80,7 +81,8 @@ def test_idempotency_key_is_scoped_to_the_api_key(server: ThreadedServer, photos
     assert too_long.status_code == 400
 
 
-def test_cancel_a_queued_job_then_cancel_again_is_409(start_server, keys: Path, photos: dict[str, bytes]) -> None:
+def test_cancel_a_queued_job_then_cancel_again_is_409(start_server, keys: Path,
+                                                      photos: dict[str, bytes]) -> None:
     srv = start_server(auth_mode="apiKey", api_key_file=keys, jobs_concurrency=0)  # accepts, never runs
     location = httpx.post(f"{srv.url}/v1/jobs", content=photos["coffee"], headers=ACME).headers["Location"]
     assert httpx.get(srv.url + location, headers=ACME).json()["status"] == "queued"

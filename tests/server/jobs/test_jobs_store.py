@@ -1,4 +1,4 @@
-"""The job store contract: the in-process store and the Redis store (a real redis-server) pass the same tests."""
+"""The job store contract: the in-process and the Redis store (a real redis-server) pass the same tests."""
 
 from __future__ import annotations
 
@@ -108,7 +108,8 @@ async def test_only_the_lease_holder_finishes_once(make_store: StoreFactory) -> 
     assert await store.depth() == {"queued": 0, "running": 0}
 
 
-async def test_a_lapsed_lease_is_taken_over_and_the_first_worker_cannot_write(make_store: StoreFactory) -> None:
+async def test_a_lapsed_lease_is_taken_over_and_the_first_worker_cannot_write(
+        make_store: StoreFactory) -> None:
     store = make_store()
     sub = await store.submit(new_job(payload=b"video"))
     stale = await store.claim("w1", lease_s=0.2)
