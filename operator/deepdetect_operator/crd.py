@@ -114,6 +114,16 @@ CEL_RULES: tuple[CelRule, ...] = (
     ),
 )
 
+CEL_RULES += (
+    CelRule(
+        ("jobs", "callbacks"),
+        "!has(self.allowedHosts) || size(self.allowedHosts) == 0"
+        " || (has(self.secretName) && self.secretName != '')",
+        "jobs.callbacks.secretName is required with allowedHosts: callbacks are always signed",
+        ".secretName",
+    ),
+)
+
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},

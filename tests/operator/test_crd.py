@@ -248,6 +248,11 @@ INVALID = [
     ("too-many-gpus", [("resources.gpus", 17)], "gpus"),
     ("threshold-above-one", [("model.threshold", 1.5)], "threshold"),
     ("bad-auth-mode", [("auth.mode", "oauth")], "mode"),
+    ("callbacks-unsigned", [("jobs.callbacks", {"allowedHosts": ["hooks.acme.io"]})], "secretName"),
+    ("bad-rate", [("rateLimits.requests", "600 a minute")], "requests"),
+    ("bad-tenant-rate", [("rateLimits.tenants", {"acme": {"media": "lots"}})], "media"),
+    ("bad-cache-scope", [("cache.scope", "shared")], "scope"),
+    ("jobs-zero-lease", [("jobs.leaseSeconds", 0)], "leaseSeconds"),
 ]
 
 
@@ -273,6 +278,14 @@ VALID = [
     ("min-equals-max", [("autoscaling.minReplicas", 3), ("autoscaling.maxReplicas", 3)]),
     ("null-threshold", [("model.threshold", None)]),
     ("affinity-free-form", [("scheduling.affinity", {"nodeAffinity": {"whatever": [1, 2]}})]),
+    ("jobs-redis-limits", [("redis", {"urlSecret": "redis", "caKey": "ca.crt"}),
+                           ("jobs", {"enabled": True, "callbacks": {"allowedHosts": ["*.acme.io"],
+                                                                     "secretName": "hooks"}}),
+                           ("rateLimits", {"requests": "10/second;600/minute", "media": "6000/minute",
+                                           "tenants": {"vip": {"requests": "100/second"}}}),
+                           ("cache", {"scope": "global", "ttlSeconds": 60})]),
+    ("network-policy", [("networkPolicy", {"enabled": True, "ingressFrom": [
+        {"namespaceSelector": {"matchLabels": {"team": "trust"}}}]})]),
 ]
 
 
