@@ -109,6 +109,7 @@ INVALID = [
     ),
     ("missing-uri", {"model": {"checkpoint": {}}}, "spec.model.checkpoint.uri"),
     ("unknown-field", {"replicaz": 2}, "spec.replicaz"),
+    ("jobs-need-redis", {"jobs": {"enabled": True}}, "needs spec.redis.urlSecret"),
 ]
 
 
