@@ -55,3 +55,13 @@ def test_raw_forward_bench_runs_on_cpu(capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     assert rc == 0
     assert re.search(r"^raw-best: precision=fp16 batch=\d+ forward_img_s=[\d.]+", out, re.M), out
+
+
+def test_jobs_bench_prints_table_and_ratios_line() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "jobs.py"), "--photos", "3"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert re.match(r"^ratios: memory hit/miss=\d+\.\d\d job/detect=\d+\.\d\d "
+                    r"redis hit/miss=\d+\.\d\d job/detect=\d+\.\d\d$", lines[-1]), lines[-1]
+    assert [line.split()[0] for line in lines[-3:-1]] == ["memory", "redis"]
