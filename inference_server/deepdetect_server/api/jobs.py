@@ -16,13 +16,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
 
 from ..core import Core
 from ..errors import BadRequest, JobNotFound, PayloadTooLarge
-from ..jobs.model import NewJob
+from ..jobs.model import JobRecord, NewJob
 from ..services import Services
 from .tenancy import authorize
+from .uploads import read_upload
 
 MAX_IDEMPOTENCY_KEY = 255
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -30,21 +30,6 @@ _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 def not_found(job_id: str) -> JobNotFound:
     return JobNotFound(f"no job {job_id[:64]!r}: unknown, another API key's, or expired")
-
-
-async def read_submission(request: Request) -> tuple[bytes, str]:
-    """(media bytes, callback URL or "")."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        async with request.form(max_files=1, max_fields=8) as form:
-            part = form.get("file")
-            if not isinstance(part, UploadFile):
-                raise BadRequest("multipart body needs a 'file' part holding the media")
-            callback = form.get("callback_url") or request.query_params.get("callback_url") or ""
-            if not isinstance(callback, str):
-                raise BadRequest("callback_url must be a text field")
-            return await part.read(), callback
-    return await request.body(), request.query_params.get("callback_url", "")
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -71,7 +56,8 @@ def register(app: FastAPI, core: Core, services: Services) -> None:
         idem = idempotency_key(request)
         if services.limiter is not None:
             await services.limiter.admit(tenant)
-        data, callback = await read_submission(request)
+        data, fields = await read_upload(request, ("callback_url",))
+        callback = fields.get("callback_url", "")
         if not data:
             raise BadRequest("no media: send multipart field 'file' or the media as the request body")
         if len(data) > core.settings.jobs_max_payload_bytes:
@@ -93,22 +79,23 @@ def register(app: FastAPI, core: Core, services: Services) -> None:
             headers["Idempotent-Replayed"] = "true"
         return JSONResponse(submitted.job.public(), status_code=202, headers=headers)
 
-    @app.get("/v1/jobs/{job_id}")
-    async def get(job_id: str, request: Request) -> JSONResponse:
+    async def find(job_id: str, request: Request, cancel: bool = False) -> JobRecord:
         tenant = authorize(request, core)
         store = services.jobs()
-        job = await store.get(job_id, tenant) if _JOB_ID.match(job_id) else None
+        job = None
+        if _JOB_ID.match(job_id):
+            job = await (store.cancel(job_id, tenant) if cancel else store.get(job_id, tenant))
         if job is None:
             raise not_found(job_id)
-        return JSONResponse(job.public())
+        return job
+
+    @app.get("/v1/jobs/{job_id}")
+    async def get(job_id: str, request: Request) -> JSONResponse:
+        return JSONResponse((await find(job_id, request)).public())
 
     @app.delete("/v1/jobs/{job_id}")
     async def cancel(job_id: str, request: Request) -> JSONResponse:
-        tenant = authorize(request, core)
-        store = services.jobs()
-        job = await store.cancel(job_id, tenant) if _JOB_ID.match(job_id) else None
-        if job is None:
-            raise not_found(job_id)
+        job = await find(job_id, request, cancel=True)
         services.metrics.job_transitions.labels(state="canceled").inc()
         if services.sender is not None:
             services.sender.wake()

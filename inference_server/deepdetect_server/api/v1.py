@@ -6,25 +6,12 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
 
 from ..core import Core
 from ..errors import BadRequest
 from ..services import Services
 from .tenancy import authorize
-
-
-async def read_image(request: Request) -> bytes:
-    """The image bytes of a request; the body size limit is enforced by the ASGI middleware below us."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        async with request.form(max_files=1, max_fields=8) as form:
-            part = form.get("file")
-            if not isinstance(part, UploadFile):
-                raise BadRequest("multipart body needs a 'file' part holding the image")
-            return await part.read()
-    # Anything else is taken as the raw image: its type is sniffed from the bytes, not from the header.
-    return await request.body()
+from .uploads import read_upload
 
 
 def cache_header(found: str | None) -> dict[str, str]:
@@ -41,7 +28,7 @@ def register(app: FastAPI, core: Core, services: Services) -> None:
         tenant = authorize(request, core)
         if services.limiter is not None:
             await services.limiter.admit(tenant)  # before the body is read: refusing is cheap
-        data = await read_image(request)
+        data, _ = await read_upload(request)
         if not data:
             raise BadRequest("no image: send multipart field 'file' or the image as the request body")
         verdict, found = await services.score(data, {}, tenant)
