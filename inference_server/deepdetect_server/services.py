@@ -36,6 +36,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("deepdetect.services")
 
+INLINE_HASH_BYTES = 1 << 20  # larger bodies are hashed off the event loop (hashlib releases the GIL)
+
+
+async def sha256_hex(data: bytes) -> str:
+    if len(data) <= INLINE_HASH_BYTES:
+        return hashlib.sha256(data).hexdigest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+
+
 NOT_DURABLE = ("jobs are kept in this process only: they do not survive a restart and other replicas "
                "cannot see them; configure Redis for durable jobs")
 
@@ -118,7 +127,7 @@ class Services:
         else:
             scope = tenant if self.settings.cache_scope == "tenant" else "*"
             # The effective threshold decides the label: a changed override must not serve old labels.
-            key = cache_key(hashlib.sha256(data).hexdigest(), self.core.digest, self.core.card_hash,
+            key = cache_key(await sha256_hex(data), self.core.digest, self.core.card_hash,
                             {**params, "threshold": self.core.threshold}, scope)
             value, found = await self.cache.get_or_compute(key, compute)
         return Verdict(value["body"], int(value["cost"])), found

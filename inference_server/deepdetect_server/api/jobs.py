@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from ..core import Core
 from ..errors import BadRequest, JobNotFound, PayloadTooLarge
 from ..jobs.model import JobRecord, NewJob
-from ..services import Services
+from ..services import Services, sha256_hex
 from .tenancy import authorize
 from .uploads import read_upload
 
@@ -42,10 +42,10 @@ def idempotency_key(request: Request) -> str | None:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def fingerprint(data: bytes, params: dict[str, Any], callback: str) -> str:
-    digest = hashlib.sha256(data)
-    digest.update(json.dumps([params, callback], sort_keys=True).encode())
-    return digest.hexdigest()
+async def fingerprint(data: bytes, params: dict[str, Any], callback: str) -> str:
+    """What makes two submissions "the same body" for an Idempotency-Key."""
+    extra = json.dumps([params, callback], sort_keys=True)
+    return hashlib.sha256(f"{await sha256_hex(data)}|{extra}".encode()).hexdigest()
 
 
 def register(app: FastAPI, core: Core, services: Services) -> None:
@@ -70,7 +70,7 @@ def register(app: FastAPI, core: Core, services: Services) -> None:
         if services.limiter is not None:
             await services.limiter.charge_media(tenant, core.media_cost(data, params))
         new = NewJob(id=uuid.uuid4().hex, tenant=tenant, payload=data, params=params, callback_url=callback,
-                     body_sha256=fingerprint(data, params, callback), idempotency_key=idem)
+                     body_sha256=await fingerprint(data, params, callback), idempotency_key=idem)
         submitted = await store.submit(new)
         headers = {"Location": f"/v1/jobs/{submitted.job.id}"}
         if submitted.created:
