@@ -394,7 +394,7 @@ async def test_jobs_on_several_replicas_need_redis(cluster: Cluster, checkpoint:
     resp = await cluster.http.post(f"/api/v1/namespaces/{NS}/secrets", json=secret)
     assert resp.status == 201, await resp.text()
     dep = await eventually(lambda: cluster.deployment("jobs"), message="reconciled once Redis is named")
-    assert not degraded()
+    await eventually(lambda: not degraded(), message="Degraded cleared")
     pod = dep["spec"]["template"]["spec"]
     assert {"name": "redis", "secret": {"secretName": "redis-url", "items": [{"key": "url", "path": "url"}],
                                         "defaultMode": 0o440}} in pod["volumes"]
