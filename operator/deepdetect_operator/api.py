@@ -201,7 +201,8 @@ class JobsSpec(_Model):
     enabled: bool = Field(
         False, description="POST /v1/jobs; more than one replica needs spec.redis (else Degraded, "
         "JobsNeedRedis)")
-    result_ttl_seconds: int = Field(86_400, ge=60, description="final jobs are kept this long, then 404")
+    result_ttl_seconds: int = Field(86_400, ge=60, alias="resultTTLSeconds",
+                                    description="final jobs are kept this long, then 404")
     max_payload_mb: int = Field(50, ge=1, le=1024, alias="maxPayloadMB", description="media kept per job")
     max_queued: int = Field(1000, ge=1, le=1_000_000, description="queued jobs (all replicas); more: 503")
     concurrency: int = Field(1, ge=0, le=64, description="jobs one pod runs at once")
