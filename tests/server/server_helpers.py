@@ -111,22 +111,36 @@ class RedisProcess:
     """A real `redis-server` of our own on a free loopback port; stop and start it again on the same port.
 
     `persist_dir` turns on the append-only file there, so a restart keeps what was written (as a
-    production Redis that holds jobs must)."""
+    production Redis that holds jobs must). `tls` = (cert, key, CA) files serves TLS only (rediss://);
+    `password` sets requirepass."""
 
-    def __init__(self, persist_dir: Path | None = None) -> None:
+    def __init__(self, persist_dir: Path | None = None, tls: tuple[Path, Path, Path] | None = None,
+                 password: str | None = None) -> None:
         import shutil
 
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             raise RuntimeError("redis-server not found: apt-get install redis-server (.ci/run installs it)")
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
         self.persist_dir = persist_dir
+        self.tls = tls
+        self.password = password
+        auth = f":{password}@" if password else ""
+        self.url = f"{'rediss' if tls else 'redis'}://{auth}127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> RedisProcess:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--daemonize", "no", "--loglevel", "warning"]
+        assert self.binary is not None
+        args = [self.binary, "--bind", "127.0.0.1", "--save", "", "--daemonize", "no",
+                "--loglevel", "warning"]
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
+        else:
+            args += ["--port", str(self.port)]
+        if self.password:
+            args += ["--requirepass", self.password]
         if self.persist_dir is not None:
             args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.persist_dir)]
         else:
@@ -142,12 +156,16 @@ class RedisProcess:
         raise RuntimeError("redis-server did not answer PING")
 
     def ping(self) -> bool:
+        import redis
+
+        options = {"ssl_ca_certs": str(self.tls[2])} if self.tls else {}
+        client = redis.Redis.from_url(self.url, socket_timeout=0.5, socket_connect_timeout=0.5, **options)
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
             return False
+        finally:
+            client.close()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
