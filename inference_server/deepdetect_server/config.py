@@ -92,7 +92,8 @@ class ServerSettings(BaseSettings):
         SecretStr(""), description="redis[s]://[user:password@]host:port/db; rediss:// is TLS")
     redis_url_file: Path | None = Field(None, description="file holding the URL (a Secret mount)")
     redis_ca_file: Path | None = Field(None, description="CA bundle that signs the rediss:// server cert")
-    redis_key_prefix: str = Field("", description="namespace of our keys; default deepdetect:<model_name>")
+    redis_key_prefix: str = Field("", pattern=r"^[^{}\s]*$",
+                                  description="namespace of our keys; default deepdetect:<model_name>")
     redis_timeout_s: float = Field(
         0.5, gt=0, le=30, description="per command: a slow Redis must not stall /v1/detect")
 

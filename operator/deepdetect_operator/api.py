@@ -183,7 +183,8 @@ class RedisSpec(_Model):
         "", max_length=253, description="key in urlSecret holding the CA bundle of a rediss:// server "
         "(empty: the image's system CAs)")
     key_prefix: str = Field(
-        "", max_length=200, description="prefix of every key; default deepdetect:<namespace>/<name>")
+        "", max_length=200, pattern=r"^[^{}\s]*$",
+        description="prefix of every key (no braces, no spaces); default deepdetect:<namespace>/<name>")
     port: int = Field(6379, ge=1, le=65535, description="Redis port, for the NetworkPolicy's egress rule")
 
 

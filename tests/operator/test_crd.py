@@ -253,6 +253,7 @@ INVALID = [
     ("bad-tenant-rate", [("rateLimits.tenants", {"acme": {"media": "lots"}})], "media"),
     ("bad-cache-scope", [("cache.scope", "shared")], "scope"),
     ("jobs-zero-lease", [("jobs.leaseSeconds", 0)], "leaseSeconds"),
+    ("redis-prefix-hash-tag", [("redis", {"urlSecret": "r", "keyPrefix": "a{b}"})], "keyPrefix"),
 ]
 
 
