@@ -13,6 +13,7 @@ pad with the mean colour. It runs on any device, so its parity with Pillow is te
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -156,29 +157,40 @@ class GpuDecoder:
 
         out: list[Any] = [None] * len(images)
         gpu_idx = []
+        limit = getattr(self.fallback, "max_pixels", None)
         for i, data in enumerate(images):
             ok, why = gpu_decodable(data)
+            info = jpeg_info(data) if ok and limit else None
+            if info is not None and limit is not None and info.width * info.height > limit:
+                ok, why = False, "over the pixel limit"  # the CPU path refuses it with the usual 422
             if ok:
                 gpu_idx.append(i)
             else:
                 out[i] = self._cpu(data, why)
         if gpu_idx:
             encoded = [torch.frombuffer(bytearray(images[i]), dtype=torch.uint8) for i in gpu_idx]
-            try:
-                decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
-            except RuntimeError:
-                decoded = []
-                for enc in encoded:  # one refused image must not send the whole batch to the CPU
-                    try:
-                        decoded.append(decode_jpeg(enc, mode=ImageReadMode.RGB, device=self.device))
-                    except RuntimeError:
-                        decoded.append(None)
+            with warnings.catch_warnings():
+                # torchvision 0.29 deprecates its codecs for TorchCodec; nvJPEG through it still works.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                decoded = self._decode(encoded, decode_jpeg, ImageReadMode.RGB)
             for i, img in zip(gpu_idx, decoded, strict=True):
                 if img is None:
                     out[i] = self._cpu(images[i], "refused by nvJPEG")
                 else:
                     out[i] = resize_to_card(img.permute(1, 2, 0), self.card)
         return torch.stack(out)
+
+    def _decode(self, encoded: list[Any], decode_jpeg: Any, mode: Any) -> list[Any]:
+        try:
+            return list(decode_jpeg(encoded, mode=mode, device=self.device))
+        except RuntimeError:
+            out = []
+            for enc in encoded:  # one refused image must not send the whole batch to the CPU
+                try:
+                    out.append(decode_jpeg(enc, mode=mode, device=self.device))
+                except RuntimeError:
+                    out.append(None)
+            return out
 
     def _cpu(self, data: bytes, why: str) -> Any:
         import torch
