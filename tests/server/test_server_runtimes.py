@@ -257,3 +257,13 @@ def test_auc() -> None:
     assert auc(np.array([0.1, 0.4, 0.35, 0.8]), [0, 0, 1, 1]) == pytest.approx(0.75)
     assert auc(np.array([0.5, 0.5]), [0, 1]) == pytest.approx(0.5)
     assert np.isnan(auc(np.array([0.5, 0.6]), [1, 1]))
+
+
+def test_samples_pack_cli(sample_dir: Path, tmp_path: Path, ckpt: Path) -> None:
+    from deepdetect_server.cli import main
+
+    out = tmp_path / "packed.safetensors"
+    assert main(["samples", "pack", str(sample_dir), "--out", str(out)]) == 0
+    assert len(read_samples(out, load_checkpoint(ckpt).card)) == 16
+    assert main(["samples", "pack", str(tmp_path / "nothing"), "--out", str(out)]) == 1
+    assert main(["samples", "pack", str(sample_dir), "--out", str(out), "--labels", "one"]) == 2

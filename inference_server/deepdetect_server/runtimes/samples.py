@@ -12,8 +12,10 @@ halves are the pixels the model will really see.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,3 +142,28 @@ def _decode(samples: list[Sample], preprocess: Callable[[bytes], np.ndarray]) ->
         except DeepDetectError as exc:
             raise StartupError(f"sample {s.name}: {exc.message}") from exc
     return np.stack(arrays)
+
+
+# --- `deepdetect-server samples pack` ---------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="samples_command", required=True)
+    pack = sub.add_parser("pack", help="folder of images (label sub-folders) -> one .safetensors file")
+    pack.add_argument("folder", type=Path)
+    pack.add_argument("--out", type=Path, required=True)
+    pack.add_argument("--labels", default="real,fake", help="negative,positive: the sub-folder names")
+
+
+def run(args: argparse.Namespace) -> int:
+    labels = [s.strip() for s in args.labels.split(",") if s.strip()]
+    if len(labels) != 2:
+        print("error: --labels takes two names, negative,positive", file=sys.stderr)
+        return 2
+    try:
+        count = pack_samples(args.folder, args.out, labels)
+    except (StartupError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: {count} images")
+    return 0
