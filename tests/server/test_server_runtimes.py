@@ -240,7 +240,7 @@ def test_int8_passes_its_gate_and_reports_the_measured_drift(ckpt: Path, sample_
 
 
 def test_int8_is_refused_when_its_drift_passes_the_gate(ckpt: Path, sample_dir: Path) -> None:
-    with pytest.raises(StartupError, match=r"int8 refused: .* max \|Δscore\| [0-9.]+ \(limit 1e-09\)"):
+    with pytest.raises(StartupError, match=r"int8 refused: .* max \|Δscore\| [0-9.e+-]+ \(limit 1e-09\)"):
         select(ckpt, precision="int8", samples=sample_dir, int8_max_score_drift=1e-9)
 
 

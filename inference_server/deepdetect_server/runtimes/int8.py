@@ -1,9 +1,11 @@
 """int8 on CPU: static quantization of the ONNX graph, calibrated on a sample set, behind a drift gate.
 
 `quantize` turns the fp32 graph into a QDQ graph (per-channel int8 weights, uint8 activations, MinMax
-ranges from the calibration images) with ONNX Runtime's own quantizer. Only convolutions are quantized:
-they are the compute, and the classifier head and everything after it stay fp32, so the scores keep
-their resolution (a quantized head would round every probability to a multiple of 1/255).
+ranges from the calibration images) with ONNX Runtime's own quantizer. The body is quantized end to end
+(convolutions and the SiLU / squeeze-excite arithmetic between them, so ORT can keep tensors in int8
+from one fused QLinearConv to the next instead of converting around every activation); the classifier
+head (Gemm/MatMul) stays fp32, so the scores keep their resolution (a quantized head would round every
+probability to a multiple of 1/255).
 
 `drift` scores the held-out images with both graphs: the largest |Δscore|, and when every held-out image
 has a label, the AUC of each. Past either limit the server refuses int8 and says by how much.
@@ -19,6 +21,11 @@ import numpy as np
 
 from ..errors import StartupError
 from .onnx_export import INPUT_NAME
+
+
+# What is quantized: the convolutional body. Not Gemm/MatMul (the head) and not the input normalisation.
+BODY_OPS = ("Conv", "Mul", "Sigmoid", "Add", "GlobalAveragePool", "AveragePool", "MaxPool", "Relu", "Clip",
+            "Concat", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
 def quantize(fp32_graph: bytes, calibration: np.ndarray, batch: int = 8) -> bytes:
@@ -48,7 +55,7 @@ def quantize(fp32_graph: bytes, calibration: np.ndarray, batch: int = 8) -> byte
         quant_pre_process(str(src), str(pre))  # shape inference + folding: the quantizer needs both
         quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=["Conv"])
+                        op_types_to_quantize=list(BODY_OPS))
         return out.read_bytes()
 
 
@@ -87,8 +94,8 @@ class DriftReport:
             drop is None or drop <= self.max_auc_drop_limit)
 
     def describe(self) -> str:
-        text = (f"on {self.images} held-out images max |Δscore| {self.max_score_drift:.4f} "
-                f"(limit {self.max_score_drift_limit:g}), mean {self.mean_score_drift:.4f}")
+        text = (f"on {self.images} held-out images max |Δscore| {self.max_score_drift:.3g} "
+                f"(limit {self.max_score_drift_limit:g}), mean {self.mean_score_drift:.3g}")
         if self.auc_drop is not None:
             text += (f", AUC {self.auc_fp32:.4f} -> {self.auc_int8:.4f} (drop {self.auc_drop:+.4f}, "
                      f"limit {self.max_auc_drop_limit:g})")
