@@ -93,6 +93,8 @@ class Core:
         await self._batcher.start()
         self.metrics.model_info.labels(name=s.model_name, digest=self.digest,
                                        architecture=self.card.architecture).set(1)
+        self.metrics.runtime_info.labels(runtime=self.detector.name, precision=self.detector.precision,
+                                         threads=str(self.detector.threads)).set(1)
         if self.detector.device_type == "cuda":
             self.metrics.bind_gpu(self._cuda_index())
         if self.state == "loading":  # a SIGTERM during start-up keeps us draining

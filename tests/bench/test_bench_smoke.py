@@ -18,7 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 RATIOS = re.compile(r"^ratios: server/naive=(\d+\.\d\d|nan) server/bare=(\d+\.\d\d|nan) "
                     r"best/torch=(\d+\.\d\d|nan) best=(server[-a-z0-9]*)$")
-ROW = re.compile(r"^(server|server-torch|server-ort|naive|bare)\s+(\d+)\s+\d+\s+[\d.]+\s+(\d+)\s+(\d+)\s+([\d.]+)\s")
+ROW = re.compile(r"^(server|server-torch|server-ort|naive|bare)"
+                 r"\s+(\d+)\s+\d+\s+[\d.]+\s+(\d+)\s+(\d+)\s+([\d.]+)\s")
 
 pytest.importorskip("timm")
 pytest.importorskip("skimage")

@@ -22,7 +22,6 @@ import numpy as np
 from ..errors import StartupError
 from .onnx_export import INPUT_NAME
 
-
 # What is quantized: the convolutional body. Not Gemm/MatMul (the head) and not the input normalisation.
 BODY_OPS = ("Conv", "Mul", "Sigmoid", "Add", "GlobalAveragePool", "AveragePool", "MaxPool", "Relu", "Clip",
             "Concat", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
