@@ -166,3 +166,13 @@ def test_preprocess_parity_catches_a_misplaced_crop(photo_arrays: dict) -> None:
     assert not check_parity([ref], [shifted]).ok
     with pytest.raises(ValueError):
         check_parity([ref], [])
+
+
+def test_gpu_decoder_leaves_the_pixel_limit_to_the_cpu_path(astronaut: np.ndarray) -> None:
+    from deepdetect_server.errors import ImageTooLarge
+
+    card = card_for_architecture("test_efficientnet", 64)
+    decoder = GpuDecoder(card, torch.device("cpu"), Preprocessor(card, max_pixels=100_000))
+    with pytest.raises(ImageTooLarge):
+        decoder([_jpeg(astronaut)])  # 512 x 512 > 100,000 pixels: refused before any decode, as on CPU
+    assert decoder.fallbacks == {"over the pixel limit": 1}
