@@ -14,7 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-Precision = Literal["fp32", "fp16", "bf16"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+RuntimeName = Literal["torch", "onnxruntime", "auto"]
+GpuMode = Literal["eager", "graphs", "compile"]
 AuthMode = Literal["apiKey", "none"]
 CacheScope = Literal["tenant", "global"]
 
@@ -55,7 +57,10 @@ class ServerSettings(BaseSettings):
     checkpoint: Path = Field(Path("/models/model.safetensors"), description="local .safetensors file")
     checkpoint_sha256: str = Field("", description="optional pin (hex, with or without 'sha256:')")
     model_name: str = Field("deepdetect", description="name in the v2 API (/v2/models/{name})")
-    precision: Precision = "fp32"
+    precision: Precision = Field(
+        "fp32", description="fp16/bf16 need CUDA (fp32 on CPU); int8 is CPU-only (fp16 on CUDA), drift-gated"
+    )
+    runtime: RuntimeName = Field("auto", description="auto: the fastest runtime that passes parity, measured")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="overrides the card's threshold")
     warmup_batches: int = Field(1, ge=0)
@@ -69,9 +74,31 @@ class ServerSettings(BaseSettings):
     max_delay_ms: float = Field(5.0, ge=0.0, le=10_000)
     max_queue: int = Field(256, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
-    decode_workers: int = Field(0, ge=0, description="0 = the CPUs this container may use (cgroup)")
+    decode_workers: int = Field(
+        0, ge=0, description="decode threads; 0 = planned with cpu_threads (GPU: the CPUs it may use)"
+    )
     cpu_threads: int = Field(
-        0, ge=0, description="torch threads on CPU; 0 = half the CPUs this container may use (cgroup)"
+        0, ge=0, description="intra-op threads on CPU; 0 = planned at start-up from measured decode and "
+        "forward costs"
+    )
+
+    # Runtimes (runtimes/): graph cache, parity, int8 gate, GPU mode
+    runtime_cache_dir: Path | None = Field(
+        None, description="graphs by checkpoint digest (default <checkpoint dir>/runtime-cache)"
+    )
+    onnx_graph: Path | None = Field(
+        None, description="a supplied ONNX graph (default: <checkpoint>.onnx when present); parity-checked"
+    )
+    parity_tolerance: float | None = Field(
+        None, gt=0, le=1, description="max |Δscore| against torch on the warm-up batch (default by precision)"
+    )
+    samples: Path | None = Field(
+        None, description="int8 sample set: a folder (label sub-folders) or a packed .safetensors file"
+    )
+    int8_max_score_drift: float = Field(0.05, gt=0, le=1, description="int8 gate: max |Δscore| held out")
+    int8_max_auc_drop: float = Field(0.01, ge=0, le=1, description="int8 gate: max AUC drop (labelled sets)")
+    gpu_mode: GpuMode = Field(
+        "graphs", description="CUDA: eager, captured CUDA graphs per bucket, or torch.compile per bucket"
     )
 
     # Input limits

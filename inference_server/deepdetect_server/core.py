@@ -14,20 +14,23 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from . import __version__
 from .auth import ApiKeyAuth, NoAuth
 from .batcher import Batcher
-from .checkpoint import ModelCard, check_card_matches, load_checkpoint
+from .checkpoint import LoadedCheckpoint, ModelCard, check_card_matches, load_checkpoint
 from .config import ServerSettings
 from .errors import DeadlineExceeded, ModelNotFound, NotReady
 from .media import sniff
 from .metrics import Metrics
-from .model import Detector, available_cpus
 from .preprocess import Preprocessor
+from .runtimes.base import Runtime
+
+if TYPE_CHECKING:
+    from .runtimes.select import Selection
 
 log = logging.getLogger("deepdetect.core")
 
@@ -59,7 +62,8 @@ class Core:
         self.card: ModelCard | None = None
         self.digest = ""
         self.auth: ApiKeyAuth | NoAuth = NoAuth()
-        self.detector: Detector | None = None
+        self.detector: Runtime | None = None
+        self.runtime_report: dict[str, Any] = {}
         self._preprocess: Preprocessor | None = None
         self._batcher: Batcher[np.ndarray, float] | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -93,28 +97,41 @@ class Core:
         loaded = await asyncio.to_thread(load_checkpoint, s.checkpoint, s.checkpoint_sha256)
         check_card_matches(loaded.card, s.expect_architecture, s.expect_input_size)
         self.card, self.digest = loaded.card, loaded.digest
-        self.detector = await asyncio.to_thread(
-            Detector, loaded.card, loaded.tensors, s.device, s.precision, s.cpu_threads)
-        del loaded  # the model holds its own copy of the weights now
         self._preprocess = Preprocessor(self.card, s.max_image_pixels)
-        self._pool = ThreadPoolExecutor(max_workers=s.decode_workers or available_cpus(),
+        selection = await asyncio.to_thread(self._select_runtime, loaded)
+        del loaded  # the runtime holds its own copy of the weights now
+        self.detector, self.runtime_report = selection.runtime, selection.report
+        self._pool = ThreadPoolExecutor(max_workers=selection.decode_workers,
                                         thread_name_prefix="deepdetect-decode")
-        sizes = (1, s.max_batch_size) if self.detector.device.type == "cuda" else (1,)
+        sizes = (1, s.max_batch_size) if self.detector.device_type == "cuda" else (1,)
         warm_s = await asyncio.to_thread(self.detector.warmup, s.warmup_batches, sizes)
         self._batcher = Batcher(self.detector.predict, max_batch_size=s.max_batch_size,
                                 max_delay_ms=s.max_delay_ms, max_queue=s.max_queue, observer=self.metrics)
         await self._batcher.start()
         self.metrics.model_info.labels(name=s.model_name, digest=self.digest,
                                        architecture=self.card.architecture).set(1)
-        if self.detector.device.type == "cuda":
-            self.metrics.bind_gpu(self.detector.device.index or 0)
+        self.metrics.runtime_info.labels(runtime=self.detector.name, precision=self.detector.precision,
+                                         threads=str(self.detector.threads)).set(1)
+        if self.detector.device_type == "cuda":
+            self.metrics.bind_gpu(self._cuda_index())
         if self.state == "loading":  # a SIGTERM during start-up keeps us draining
             self.state = "ready"
         log.info("model ready", extra={
             "model": s.model_name, "digest": self.digest, "architecture": self.card.architecture,
-            "device": str(self.detector.device), "precision": self.detector.precision,
+            "device": self.runtime_report.get("device"), "runtime": self.detector.name,
+            "precision": self.detector.precision, "selection": self.runtime_report,
             "decode": self.card.decode, "load_s": round(time.perf_counter() - started, 3),
             "warmup_s": round(warm_s, 3)})
+
+    def _select_runtime(self, loaded: LoadedCheckpoint) -> Selection:
+        from .runtimes.select import build_runtime
+
+        assert self._preprocess is not None
+        return build_runtime(self.settings, loaded, self._preprocess)
+
+    def _cuda_index(self) -> int:
+        device = str(self.runtime_report.get("device", "cuda:0"))
+        return int(device.split(":")[1]) if ":" in device else 0
 
     def begin_drain(self, exit_by: float | None = None) -> None:
         """SIGTERM: stop being ready at once; accepted work still finishes, before `exit_by` (monotonic)."""

@@ -40,6 +40,8 @@ class Metrics:
         self.predictions = Counter(f"{PREFIX}predictions", "verdicts by label", ["label"], registry=r)
         self.model_info = Gauge(f"{PREFIX}model_info", "the served model (value is always 1)",
                                 ["name", "digest", "architecture"], registry=r)
+        self.runtime_info = Gauge(f"{PREFIX}runtime_info", "the runtime serving the model (always 1)",
+                                  ["runtime", "precision", "threads"], registry=r)
         self.model_ready = Gauge(f"{PREFIX}model_ready", "1 when loaded, warmed and not draining", registry=r)
         self.inflight = Gauge(f"{PREFIX}inflight_requests", "HTTP requests being served", registry=r)
         self.gpu_memory = Gauge(f"{PREFIX}gpu_memory_bytes", "CUDA memory allocated by this process",

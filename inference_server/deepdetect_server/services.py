@@ -126,11 +126,17 @@ class Services:
             value, found = await compute(), None
         else:
             scope = tenant if self.settings.cache_scope == "tenant" else "*"
-            # The effective threshold decides the label: a changed override must not serve old labels.
             key = cache_key(await sha256_hex(data), self.core.digest, self.core.card_hash,
-                            {**params, "threshold": self.core.threshold}, scope)
+                            {**params, **self._serving_variant()}, scope)
             value, found = await self.cache.get_or_compute(key, compute)
         return Verdict(value["body"], int(value["cost"])), found
+
+    def _serving_variant(self) -> dict[str, Any]:
+        """What besides the checkpoint changes a verdict: the effective threshold (the label) and the runtime
+        and precision (an int8 or ONNX runtime scores slightly differently from fp32 torch)."""
+        runtime = self.core.detector
+        return {"threshold": self.core.threshold, "runtime": runtime.name if runtime else "",
+                "precision": runtime.precision if runtime else ""}
 
     async def _run_job(self, claim: Claim) -> dict[str, Any]:
         verdict, _ = await self.score(claim.payload, claim.job.params, claim.job.tenant, charge_media=False,

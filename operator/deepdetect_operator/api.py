@@ -73,14 +73,44 @@ class CheckpointSpec(_Model):
         return self
 
 
+class SampleSetSpec(_Model):
+    uri: str = Field(
+        ...,
+        min_length=1,
+        max_length=2048,
+        pattern=r"^(https?|s3)://.+",
+        description="packed sample file (`deepdetect-server samples pack`), http(s):// or s3://BUCKET/KEY; "
+        "fetched like the checkpoint, with its credentialsSecret and s3Endpoint",
+    )
+    sha256: str = Field("", max_length=64, pattern=r"^([0-9a-f]{64})?$", description="optional pin")
+
+
 class ModelSpec(_Model):
     architecture: str = Field("efficientnet_b4", min_length=1, max_length=128, description="timm model name")
     input_size: int = Field(380, ge=16, le=4096, description="square input resolution in pixels")
-    precision: Literal["fp32", "fp16", "bf16"] = Field(
-        "fp16", description="inference precision (fp16/bf16 fall back to fp32 on CPU)"
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = Field(
+        "fp16",
+        description="inference precision: fp16/bf16 fall back to fp32 on CPU; int8 is CPU-only (fp16 on "
+        "GPU), calibrated on model.samples and refused past the drift gate",
+    )
+    runtime: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="auto: the fastest runtime that matches torch on the warm-up batch (measured)"
+    )
+    samples: SampleSetSpec | None = Field(
+        None, description="int8 calibration and held-out images (required for precision int8)"
     )
     checkpoint: CheckpointSpec = Field(..., description="where the .safetensors checkpoint comes from")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="overrides the checkpoint's own")
+
+    @model_validator(mode="after")
+    def _int8_needs_samples(self) -> ModelSpec:
+        # Mirrors the CEL rules in crd.py.
+        if self.precision == "int8" and self.samples is None:
+            raise ValueError("model.precision int8 needs model.samples (the calibration and held-out set)")
+        if self.precision == "int8" and self.runtime == "torch":
+            raise ValueError(
+                "model.precision int8 runs on onnxruntime: set model.runtime to auto or onnxruntime")
+        return self
 
 
 class AutoscalingSpec(_Model):

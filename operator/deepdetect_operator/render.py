@@ -60,6 +60,10 @@ RUN_AS_ID = 10001
 PRESTOP_SLEEP_S = 5  # let endpoints controllers and kube-proxy drop the pod before the server stops
 TERMINATION_SLACK_S = 10  # on top of preStop + the server's own shutdown grace
 REVISION_HISTORY_LIMIT = 5
+# Exported/quantized graphs, by checkpoint digest: the tmp emptyDir lives as long as the pod, so a restarted
+# container reuses them and a new pod (a new checkpoint) starts clean. /models stays read-only.
+RUNTIME_CACHE_DIR = "/tmp/runtime-cache"
+SAMPLES_PATH = f"{MODELS_DIR}/samples.safetensors"
 STARTUP_BUDGET_S = 600  # model load + warm-up may take minutes on a cold GPU node
 INFLIGHT_METRIC = "deepdetect_inflight_requests"
 
@@ -222,6 +226,8 @@ def render_server_config(inp: RenderInputs) -> dict[str, Any]:
         "expect_architecture": spec.model.architecture,
         "expect_input_size": spec.model.input_size,
         "precision": spec.model.precision,
+        "runtime": spec.model.runtime,
+        "runtime_cache_dir": RUNTIME_CACHE_DIR,
         "device": "auto",
         "max_batch_size": spec.batching.max_batch_size,
         "max_delay_ms": spec.batching.max_delay_ms,
@@ -236,6 +242,8 @@ def render_server_config(inp: RenderInputs) -> dict[str, Any]:
     }
     if spec.model.threshold is not None:
         config["threshold"] = spec.model.threshold
+    if spec.model.samples is not None:
+        config["samples"] = SAMPLES_PATH
     if _auth_enabled(spec):
         config["api_key_file"] = API_KEY_PATH
     config.update(_shared_state_config(inp))
@@ -414,6 +422,23 @@ def build_fetch_container(inp: RenderInputs) -> Manifest:
     return container
 
 
+def build_fetch_samples_container(inp: RenderInputs) -> Manifest:
+    """Init container for the int8 sample set: the same `fetch` (a packed sample file is safetensors)."""
+    samples = inp.spec.model.samples
+    assert samples is not None
+    command = ["deepdetect-server", "fetch", "--uri", samples.uri]
+    if samples.sha256:
+        command += ["--sha256", samples.sha256]
+    command += ["--dest", SAMPLES_PATH]
+    container = build_fetch_container(inp)
+    container.update({
+        "name": "fetch-samples",
+        "command": command,
+        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+    })
+    return container
+
+
 def _http_probe(path: str, period: int, failures: int, timeout: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": PORT_NAME, "scheme": "HTTP"},
@@ -533,7 +558,8 @@ def build_pod_template(inp: RenderInputs) -> Manifest:
         "securityContext": _pod_security_context(),
         "terminationGracePeriodSeconds": termination_grace_s(inp.spec),
         **_scheduling(inp.spec),
-        "initContainers": [build_fetch_container(inp)],
+        "initContainers": [build_fetch_container(inp),
+                           *([build_fetch_samples_container(inp)] if inp.spec.model.samples else [])],
         "containers": [build_server_container(inp)],
         "volumes": _volumes(inp),
     }

@@ -104,7 +104,7 @@ INVALID = [
     ("min-gt-max", {"autoscaling": {"minReplicas": 9, "maxReplicas": 2}}, "spec.autoscaling"),
     (
         "bad-precision",
-        {"model": {"precision": "int8", "checkpoint": {"uri": "s3://b/k"}}},
+        {"model": {"precision": "fp8", "checkpoint": {"uri": "s3://b/k"}}},
         "spec.model.precision",
     ),
     ("missing-uri", {"model": {"checkpoint": {}}}, "spec.model.checkpoint.uri"),

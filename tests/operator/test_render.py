@@ -22,6 +22,7 @@ from deepdetect_operator.api import API_VERSION, KIND, DeepDetectServiceSpec, pa
 from deepdetect_operator.render import (
     API_KEY_PATH,
     CHECKPOINT_PATH,
+    SAMPLES_PATH,
     RenderInputs,
     build_deployment,
     config_hash,
@@ -135,6 +136,17 @@ CASES: dict[str, RenderInputs] = {
             auth={"secretName": "my-keys"},
         ),
         checkpoint_digest="etag:abc",
+    ),
+    "int8-samples": inputs(
+        spec=spec_of(
+            model={
+                "precision": "int8",
+                "runtime": "onnxruntime",
+                "samples": {"uri": "s3://bucket/samples.safetensors", "sha256": HEX},
+                "checkpoint": {"uri": "s3://bucket/b4.safetensors", "credentialsSecret": "s3-creds"},
+            },
+            resources={"gpus": 0},
+        )
     ),
     "long-name": inputs(name=LONG_NAME),
     "dotted-digit-name": inputs(name="2024.faces.v1"),
@@ -263,6 +275,12 @@ def test_config_yaml_loads_in_server_settings(inp: RenderInputs, tmp_path: Path)
     assert settings.max_upload_mb == spec.server.max_upload_mb
     assert settings.auth_mode == spec.auth.mode
     assert settings.port == 8080 and settings.device == "auto"
+    assert settings.runtime == spec.model.runtime
+    assert settings.runtime_cache_dir is not None and str(settings.runtime_cache_dir).startswith("/tmp/")
+    if spec.model.samples is not None:
+        assert str(settings.samples) == SAMPLES_PATH
+    else:
+        assert settings.samples is None
     if spec.auth.mode == "apiKey":
         assert str(settings.api_key_file) == API_KEY_PATH
     else:
@@ -619,3 +637,16 @@ def test_jobs_need_redis_only_with_several_replicas() -> None:
     assert jobs_need_redis(one) is None
     assert jobs_need_redis(spec_of(jobs={"enabled": True}, redis={"urlSecret": "r"})) is None
     assert jobs_need_redis(spec_of()) is None  # jobs off (the default)
+
+
+def test_int8_samples_are_fetched_and_verified_by_a_second_init_container() -> None:
+    deployment = by_kind(render_children(CASES["int8-samples"]))["Deployment"]
+    init = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert [c["name"] for c in init] == ["fetch", "fetch-samples"]
+    samples = init[1]
+    assert samples["command"] == ["deepdetect-server", "fetch", "--uri", "s3://bucket/samples.safetensors",
+                                  "--sha256", HEX, "--dest", SAMPLES_PATH]
+    # The same credentials as the checkpoint: one bucket, one secret.
+    assert samples["env"] == init[0]["env"]
+    plain = by_kind(render_children(CASES["cpu-only"]))["Deployment"]
+    assert [c["name"] for c in plain["spec"]["template"]["spec"]["initContainers"]] == ["fetch"]

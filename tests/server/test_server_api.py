@@ -280,7 +280,8 @@ def test_v2_infer_unknown_model_bad_json_and_auth(client: httpx.Client) -> None:
 
 
 CONTRACT = ["requests_total", "request_duration_seconds", "queue_depth", "queue_wait_seconds", "batch_size",
-            "inference_seconds", "predictions_total", "model_info", "model_ready", "inflight_requests"]
+            "inference_seconds", "predictions_total", "model_info", "runtime_info", "model_ready",
+            "inflight_requests"]
 
 
 def test_metrics_scrape_has_the_contract_names(client: httpx.Client, photos: dict[str, bytes]) -> None:
@@ -291,6 +292,8 @@ def test_metrics_scrape_has_the_contract_names(client: httpx.Client, photos: dic
     assert metric(text, "deepdetect_model_ready") == 1
     assert metric(text, "deepdetect_requests_total", route="/v1/detect", status="200") >= 1
     assert 'architecture="test_efficientnet"' in text
+    info = r'^deepdetect_runtime_info\{precision="fp32",runtime="(torch|onnxruntime)",threads="\d+"\} 1'
+    assert re.search(info, text, re.M), text
     assert metric(text, "deepdetect_predictions_total") >= 1
     assert "gpu_memory_bytes{" not in text  # CUDA only
     assert "/no/such/route" not in text  # raw paths never become labels

@@ -138,7 +138,8 @@ def test_ten_concurrent_identical_requests_compute_once(start_server, photos: di
 
 def test_a_checkpoint_change_misses_a_shared_cache(start_server, tmp_path: Path, redis_server,
                                                    redis_prefix: str, photos: dict[str, bytes]) -> None:
-    shared = {"redis_url": redis_server.url, "redis_key_prefix": redis_prefix}
+    # One runtime pinned: with `auto` each replica measures and may pick another (a different key, rightly).
+    shared = {"redis_url": redis_server.url, "redis_key_prefix": redis_prefix, "runtime": "torch"}
     image = photos["chelsea"]
     first = start_server(**shared)
     assert httpx.post(f"{first.url}/v1/detect", content=image).headers["X-Cache"] == "miss"
@@ -152,6 +153,8 @@ def test_a_checkpoint_change_misses_a_shared_cache(start_server, tmp_path: Path,
     assert fresh.json()["model"]["digest"] != hit.json()["model"]["digest"]
     threshold = start_server(threshold=0.01, **shared)  # same checkpoint, another effective threshold
     assert httpx.post(f"{threshold.url}/v1/detect", content=image).headers["X-Cache"] == "miss"
+    onnx = start_server(**{**shared, "runtime": "onnxruntime"})  # same checkpoint, another runtime
+    assert httpx.post(f"{onnx.url}/v1/detect", content=image).headers["X-Cache"] == "miss"
 
 
 def test_tenant_scope_keeps_tenants_apart(start_server, tmp_path: Path, photos: dict[str, bytes]) -> None:
