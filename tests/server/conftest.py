@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -70,4 +71,5 @@ def redis_server():  # -> Iterator[RedisProcess]
 
 @pytest.fixture
 def redis_prefix(request: pytest.FixtureRequest) -> str:
-    return f"test:{request.node.name}:{uuid.uuid4().hex[:8]}"
+    name = re.sub(r"[^\w.-]", "_", request.node.name)[:80]  # a valid prefix: no spaces or braces
+    return f"test:{name}:{uuid.uuid4().hex[:8]}"
