@@ -4,11 +4,14 @@
 #   bench/gpu.sh             on the GPU machine, from anywhere in the repo; about 5 minutes, under 8
 #   bench/gpu.sh --dry-run   anywhere: the same code paths with a tiny model on CPU, in well under a minute
 #
-# raw:    bench/bare.py raw: the model forward alone (device-resident input, channels_last, autocast) and
-#         Detector.predict from host uint8, batch 1, 8, 32, 64, 128, 256;
-# served: bench/server.py --systems server,bare: `deepdetect-server serve` over HTTP (real JPEG photos,
-#         multipart /v1/detect, several client processes) at concurrency 1..512 with max_batch_size
-#         min(concurrency, 256), next to the server's own decode + forward loop at the same batch size.
+# raw:    bench/bare.py raw: each runtime's predict from host uint8 (pinned upload, normalise, forward,
+#         scores, one sync), batch 1, 8, 32, 64, 128, 256, and p50 latency at batch 1. Runtimes: torch eager,
+#         torch with a captured CUDA graph per padded batch bucket (the server's GPU default), and ONNX
+#         Runtime's CUDA provider when this machine's onnxruntime has it (onnxruntime-gpu);
+# served: bench/server.py --systems server,bare: `deepdetect-server serve` with default settings (runtime
+#         auto: it times its candidates and keeps the fastest) over HTTP (real JPEG photos, multipart
+#         /v1/detect, several client processes) at concurrency 1..512 with max_batch_size
+#         min(concurrency, 256), next to the same runtime's pipelined decode + forward loop (bare).
 # Weights are random init (checkpoint create, no downloads); nothing is fetched when .whl/ holds the
 # server's few packages the GPU image lacks (see bench/README.md); otherwise pip asks its index.
 set -euo pipefail
@@ -57,10 +60,10 @@ if [[ $DRY == 1 ]]; then
   EXTRA=(--quick --torch-threads 1)
   T_RAW=120 T_SERVED=180
 else
-  ARCH=efficientnet_b4 SIZE=380 DEVICE=cuda RAW_BS=1,8,32,64,128,256 RAW_S=1.0 LEVELS=1,16,64,256,512
+  ARCH=efficientnet_b4 SIZE=380 DEVICE=cuda RAW_BS=1,8,32,64,128,256 RAW_S=0.5 LEVELS=1,64,256,512
   REQUESTS=512 CLIENTS=4   # and at least 4 requests per connection: 2,048 at concurrency 512
   EXTRA=(--torch-threads 0)
-  T_RAW=90 T_SERVED=130   # per precision: 2 x (90 + 130) s + set-up stays under 8 minutes
+  T_RAW=110 T_SERVED=120   # per precision: 2 x (110 + 120) s + set-up stays under 9 minutes
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
 "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, \
@@ -70,10 +73,12 @@ OUT_DIR=${OUT:-/tmp}
 SUMMARY=()
 for PREC in fp16 bf16; do
   echo
-  echo "== raw: $ARCH ${SIZE}px $PREC (forward only, and Detector.predict from host uint8)"
+  echo "== raw: $ARCH ${SIZE}px $PREC (each runtime's predict from host uint8)"
   if timeout "$T_RAW" "$PY" bench/bare.py raw --arch "$ARCH" --input-size "$SIZE" --device "$DEVICE" \
-      --precision "$PREC" --batch-sizes "$RAW_BS" --seconds "$RAW_S" | tee "$OUT_DIR/raw-$PREC.txt"; then
+      --precision "$PREC" --batch-sizes "$RAW_BS" --seconds "$RAW_S" \
+      --runtimes torch-eager,torch-cuda-graphs,onnxruntime | tee "$OUT_DIR/raw-$PREC.txt"; then
     SUMMARY+=("$(grep '^raw-best:' "$OUT_DIR/raw-$PREC.txt")")
+    SUMMARY+=("$PREC $(grep '^raw-p50-batch1-ms:' "$OUT_DIR/raw-$PREC.txt")")
   else
     SUMMARY+=("raw $PREC: FAILED or timed out (rc=$?)")
   fi
@@ -81,11 +86,13 @@ for PREC in fp16 bf16; do
   echo "== served: $ARCH ${SIZE}px $PREC over HTTP (server), and the server's own loop (bare)"
   # --max-px 1400: ordinary photos; a decode-bound CPU side is part of what "served" means.
   if timeout "$T_SERVED" "$PY" bench/server.py --systems server,bare --arch "$ARCH" --input-size "$SIZE" \
-      --device "$DEVICE" --precision "$PREC" --concurrency "$LEVELS" --max-batch-size 256 \
+      --device "$DEVICE" --precision "$PREC" --concurrency "$LEVELS" --max-batch-size 256 --runtimes "" \
       --max-delay-ms 5 --requests "$REQUESTS" --min-requests-per-conn 4 --rounds 1 --client-procs "$CLIENTS" "${EXTRA[@]}" \
       | tee "$OUT_DIR/served-$PREC.txt"; then
     best=$(awk '$1 == "server" {print $7}' "$OUT_DIR/served-$PREC.txt" | sort -g | tail -1)
     SUMMARY+=("served-best: precision=$PREC img_s=$best")
+    SUMMARY+=("$PREC $(grep '^server-b256:' "$OUT_DIR/served-$PREC.txt" | head -1)")
+    SUMMARY+=("$PREC $(tail -1 "$OUT_DIR/served-$PREC.txt")")
   else
     SUMMARY+=("served $PREC: FAILED or timed out (rc=$?)")
   fi

@@ -370,7 +370,7 @@ def from_load(system: str, c: int, max_batch: int, mean_batch: float, r: LoadRes
 
 
 def print_header() -> None:
-    print(f"{'system':<7} {'conc':>4} {'maxb':>4} {'batch':>5} {'reqs':>5} {'err':>3} {'img/s':>8} "
+    print(f"{'system':<12} {'conc':>4} {'maxb':>4} {'batch':>5} {'reqs':>5} {'err':>3} {'img/s':>8} "
           f"{'p50 ms':>8} {'p99 ms':>8} {'client%':>7}")
 
 
@@ -379,20 +379,55 @@ def print_table(points: Sequence[Point], header: bool = True) -> None:
         print_header()
     for p in points:
         client = f"{p.client_cpu_pct:7.0f}" if p.system != "bare" else f"{'-':>7}"
-        print(f"{p.system:<7} {p.concurrency:>4} {p.max_batch:>4} {p.mean_batch:>5.1f} {p.requests:>5} "
+        print(f"{p.system:<12} {p.concurrency:>4} {p.max_batch:>4} {p.mean_batch:>5.1f} {p.requests:>5} "
               f"{p.errors:>3} {p.img_s:>8.1f} {p.p50_ms:>8.1f} {p.p99_ms:>8.1f} {client}")
 
 
 def ratios_line(points: Sequence[Point]) -> str:
+    """At the top concurrency: default server vs naive and vs bare, and the best server vs torch eager."""
     top = max(p.concurrency for p in points)
     rate = {p.system: p.img_s for p in points if p.concurrency == top}
-    server = rate.get("server", math.nan)
 
-    def ratio(other: str) -> float:
-        d = rate.get(other, math.nan)
-        return server / d if d and not math.isnan(d) else math.nan
+    def ratio(a: str, b: str) -> float:
+        x, d = rate.get(a, math.nan), rate.get(b, math.nan)
+        return x / d if d and not math.isnan(d) and not math.isnan(x) else math.nan
 
-    return f"ratios: server/naive={ratio('naive'):.2f} server/bare={ratio('bare'):.2f}"
+    servers = [name for name in rate if name == "server" or name.startswith("server-")]
+    best = max(servers, key=lambda n: rate[n]) if servers else "server"
+    return (f"ratios: server/naive={ratio('server', 'naive'):.2f} server/bare={ratio('server', 'bare'):.2f} "
+            f"best/torch={ratio(best, 'server-torch'):.2f} best={best}")
+
+
+def ready_line(log: Path) -> dict[str, object]:
+    """The server's own `model ready` log line: which runtime it chose, its thread plan, int8 drift."""
+    for line in log.read_text(errors="replace").splitlines():
+        if '"model ready"' in line:
+            with contextlib.suppress(ValueError):
+                return json.loads(line)
+    return {}
+
+
+def describe_selection(name: str, ready: dict[str, object]) -> str:
+    sel = ready.get("selection") or {}
+    assert isinstance(sel, dict)
+    plan = sel.get("plan") or {}
+    text = (f"{name}: runtime {ready.get('runtime')} ({ready.get('precision')}), "
+            f"threads {plan.get('threads')}, decode workers {plan.get('decode_workers')}, "
+            f"ready after {ready.get('load_s')} s")
+    int8 = (sel.get("candidates") or {}).get("onnxruntime-int8")
+    if int8:
+        text += f"; int8 {int8.get('gate')}"
+    fwd = {k: v.get("forward_ms_per_image") for k, v in (sel.get("candidates") or {}).items()
+           if isinstance(v, dict) and v.get("forward_ms_per_image")}
+    if fwd:
+        text += f"; forward ms/img by threads {fwd}, decode {sel.get('decode_ms_per_image')} ms/img"
+    return text
+
+
+# --runtimes name -> (system label, server settings it changes from the defaults)
+RUNTIME_SYSTEMS = {"torch": ("server-torch", {"runtime": "torch"}),
+                   "onnxruntime": ("server-ort", {"runtime": "onnxruntime"}),
+                   "int8": ("server-int8", {"runtime": "onnxruntime", "precision": "int8"})}
 
 
 # --- main --------------------------------------------------------------------------------------------------
@@ -405,7 +440,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--decode", choices=("full", "reduced"), default="reduced",
                    help="the card's decode mode (reduced: libjpeg DCT scaling via Pillow draft)")
     p.add_argument("--checkpoint", type=Path, help="use this checkpoint instead of building one")
-    p.add_argument("--systems", default="server,naive,bare")
+    p.add_argument("--systems", default="server,naive,bare",
+                   help="server: default settings (runtime auto); naive; bare: the server's runtime, no HTTP")
+    p.add_argument("--runtimes", default="torch,onnxruntime",
+                   help="also serve with each of these runtimes (torch, onnxruntime, int8), as server-<rt>")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--requests", type=int, default=480, help="measured requests per point")
     p.add_argument("--min-requests-per-conn", type=int, default=0,
@@ -415,8 +453,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch-size", type=int, default=32, help="cap on the server's max_batch_size")
     p.add_argument("--max-delay-ms", type=float, default=2.0)
     p.add_argument("--decode-workers", type=int, default=0, help="server + bare decode threads (0: CPUs)")
-    p.add_argument("--torch-threads", type=int, default=1,
-                   help="torch intra-op threads in every process (0: each one's default)")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="intra-op threads in every process (0: each one's default: the server plans them)")
     p.add_argument("--client-procs", type=int, default=1, help="client processes (split the concurrency)")
     p.add_argument("--client", choices=("raw", "httpx"), default="raw",
                    help="httpx.AsyncClient, or a minimal asyncio HTTP/1.1 client (less client CPU)")
@@ -442,7 +480,7 @@ def max_batch_for(args: argparse.Namespace, c: int, levels: Sequence[int]) -> in
 
 
 def one_round(args: argparse.Namespace, levels: Sequence[int], bodies: Sequence[bytes],
-              photos: Sequence[bytes], servers: dict[int, Running], naive: Running | None,
+              photos: Sequence[bytes], servers: dict[tuple[str, int], Running], naive: Running | None,
               bare: BareRunner | None) -> list[Point]:
     """Every system at every concurrency level once, server first so bare can copy its batch size."""
     points: list[Point] = []
@@ -451,19 +489,23 @@ def one_round(args: argparse.Namespace, levels: Sequence[int], bodies: Sequence[
         requests = max(args.requests, args.min_requests_per_conn * c)
         mb = max_batch_for(args, c, levels)
         mean_batch = float(mb)
-        if mb in servers:
-            srv = servers[mb]
+        for (system, size), srv in servers.items():
+            if size != mb:
+                continue
             before = scrape(srv.base)
             r = run_load(srv.base + "/v1/detect", bodies, c, requests, warmup, args.client_procs,
                          args.client)
             after = scrape(srv.base)
 
-            def delta(name: str, after: dict[str, float] = after, before: dict[str, float] = before) -> float:
+            def delta(name: str, after: dict[str, float] = after, before: dict[str, float] = before
+                      ) -> float:
                 return after.get(name, 0.0) - before.get(name, 0.0)
 
             n = delta("deepdetect_batch_size_count")
-            mean_batch = delta("deepdetect_batch_size_sum") / n if n else math.nan
-            point = from_load("server", c, mb, mean_batch, r)
+            got = delta("deepdetect_batch_size_sum") / n if n else math.nan
+            point = from_load(system, c, mb, got, r)
+            if system == "server":
+                mean_batch = got  # bare copies the default server's batch size
             # From the server's own /metrics over warm-up + measured requests: where a request's time went.
             def mean_ms(total: str, count: float) -> float:
                 return 1000 * delta(total) / count if count else math.nan
@@ -554,34 +596,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = torch_env(args.torch_threads if args.torch_threads else 0, {
             "DEEPDETECT_SHUTDOWN_DRAIN_S": "0", "DEEPDETECT_SHUTDOWN_GRACE_S": "10",
             "DEEPDETECT_MAX_QUEUE": str(max(256, 4 * max(levels))),
+            # The same photos are sent over and over: the model's throughput is measured, not the cache's.
+            "DEEPDETECT_CACHE_ENABLED": "false",
             **({"DEEPDETECT_DECODE_WORKERS": str(args.decode_workers)} if args.decode_workers else {}),
         })
-        servers: dict[int, Running] = {}
-        naive: Running | None = None
+        runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+        configs: list[tuple[str, dict[str, str]]] = []
         if "server" in systems:
+            configs.append(("server", {}))  # the defaults: runtime auto, threads planned
+        for rt in runtimes:
+            if rt not in RUNTIME_SYSTEMS:
+                raise SystemExit(f"unknown runtime {rt!r}: expected one of {', '.join(RUNTIME_SYSTEMS)}")
+            configs.append(RUNTIME_SYSTEMS[rt])
+        if "int8" in runtimes:
+            samples = tmpdir / "samples"
+            samples.mkdir()
+            for i, jpg in enumerate(make_photos(32, args.min_px, args.max_px, quality=85)):
+                (samples / f"s{i:02d}.jpg").write_bytes(jpg)
+            env["DEEPDETECT_SAMPLES"] = str(samples)
+        # Servers start one at a time: each one times its runtimes and plans its threads at start-up, and
+        # a neighbour starting at the same moment would skew that measurement. Idle ones cost no CPU.
+        servers: dict[tuple[str, int], Running] = {}
+        naive: Running | None = None
+        for system, extra in configs:
             for mb in sorted({max_batch_for(args, c, levels) for c in levels}):
                 port = free_port()
                 cmd = [*server_cli(), "serve", "--checkpoint", str(ckpt), "--host", "127.0.0.1",
-                       "--port", str(port), "--device", args.device, "--precision", args.precision,
+                       "--port", str(port), "--device", args.device,
+                       "--precision", extra.get("precision", args.precision),
+                       "--runtime", extra.get("runtime", "auto"),
                        "--max-batch-size", str(mb), "--max-delay-ms", str(args.max_delay_ms),
                        "--log-level", args.log_level]
-                servers[mb] = start(f"server-b{mb}", cmd, port, "/v2/health/ready", env, tmpdir)
-                stack.callback(stop, servers[mb])
+                srv = start(f"{system}-b{mb}", cmd, port, "/v2/health/ready", env, tmpdir)
+                servers[(system, mb)] = srv
+                stack.callback(stop, srv)
+                wait_ready([srv], timeout=600)
         if "naive" in systems:
             port = free_port()
             naive = start("naive", [sys.executable, str(HERE / "naive_server.py"), "--checkpoint", str(ckpt),
                                     "--port", str(port)], port, "/health", env, tmpdir)
             stack.callback(stop, naive)
-        wait_ready([*servers.values(), *([naive] if naive else [])], timeout=300)
+            wait_ready([naive], timeout=300)
         print(f"servers ready after {time.perf_counter() - t_begin:.1f}s", flush=True)
+        selections = [describe_selection(srv.name, ready_line(srv.log)) for srv in servers.values()]
+        for line in selections:
+            print(line, flush=True)
 
         bare: BareRunner | None = None
         if "bare" in systems:
             sys.path.insert(0, str(HERE))
             from bare import BareRunner
 
+            # The default server's settings at the top level's batch size: the same runtime choice and plan.
             bare = BareRunner(ckpt, decode_workers=args.decode_workers, cpu_threads=args.torch_threads,
-                              device=args.device, precision=args.precision)
+                              device=args.device, precision=args.precision,
+                              max_batch_size=max_batch_for(args, max(levels), levels))
+            print(describe_selection("bare", {"runtime": bare.runtime.name,
+                                              "precision": bare.runtime.precision,
+                                              "selection": bare.report}), flush=True)
             stack.callback(bare.close)
         rounds: list[list[Point]] = []
         for k in range(args.rounds):
@@ -601,10 +673,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps({"median": [asdict(p) for p in points],
                                          "rounds": [[asdict(p) for p in r] for r in rounds]},
                                         indent=1, default=str))
+    for line in selections:
+        print(line)
     for p in points:
-        if p.system == "server" and p.extra:
+        if p.system.startswith("server") and p.extra:
             e = p.extra
-            print(f"server c={p.concurrency}: server-side request {e['server_request_ms']:.1f} ms "
+            print(f"{p.system} c={p.concurrency}: server-side request {e['server_request_ms']:.1f} ms "
                   f"(client-side p50 {p.p50_ms:.1f}), queue wait {e['queue_wait_ms']:.1f} ms, "
                   f"forward {e['forward_ms_per_batch']:.1f} ms per batch of {p.mean_batch:.1f}")
     print(f"took {time.perf_counter() - t_begin:.0f}s")

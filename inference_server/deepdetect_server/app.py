@@ -34,6 +34,7 @@ from .errors import (
     status_for,
 )
 from .metrics import Metrics
+from .services import Services
 
 log = logging.getLogger("deepdetect.app")
 access_log = logging.getLogger("deepdetect.access")
@@ -177,31 +178,42 @@ class ObserveMiddleware:
             level = logging.DEBUG if route in _PROBES else logging.INFO
             fields = {"method": scope["method"], "route": route, "status": status,
                       "duration_ms": round(elapsed * 1000, 2)}
+            tenant = (scope.get("state") or {}).get("tenant")  # set by api.tenancy.authorize: a name
+            if tenant is not None:
+                fields["tenant"] = tenant
+                self.metrics.tenant_requests.labels(tenant=tenant, status=str(status)).inc()
             access_log.log(level, "request", extra=fields)
 
 
 def create_app(settings: ServerSettings, core: Core | None = None) -> FastAPI:
     """The server app; the model loads and warms in the lifespan, before the socket takes traffic."""
     core = core or Core(settings)
+    services = Services(settings, core)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
             await core.start()
+            await services.start()
         except StartupError as exc:
             log.error("startup failed", extra={"error": exc.message})
+            await services.stop(grace_s=0)
             await core.stop(grace_s=0)
             raise
         try:
             yield
         finally:
-            # uvicorn has already waited for in-flight requests; this frees the queue, threads and GPU.
-            await core.stop(grace_s=core.stop_budget(default_s=max(0.5, settings.shutdown_grace_s / 4)))
+            # uvicorn has already waited for in-flight requests. Running jobs get half of what is left of
+            # the grace period (the rest are released to other replicas), then the queue, threads and GPU.
+            budget = core.stop_budget(default_s=max(0.5, settings.shutdown_grace_s / 4))
+            await services.stop(grace_s=budget / 2)
+            await core.stop(grace_s=core.stop_budget(default_s=budget / 2))
 
     app = FastAPI(title="DeepDetect inference server", version=__version__, lifespan=lifespan)
     app.state.core = core
+    app.state.services = services
     install_error_handlers(app)
-    register_routes(app, core)
+    register_routes(app, core, services)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(ObserveMiddleware, metrics=core.metrics, routes=app.router.routes,
                        draining=lambda: core.state in ("draining", "stopped"))

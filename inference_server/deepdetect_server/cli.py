@@ -1,4 +1,4 @@
-"""`deepdetect-server`: serve | checkpoint create|inspect | fetch.
+"""`deepdetect-server`: serve | checkpoint create|inspect | fetch | samples pack.
 
 Each subcommand module exposes `add_arguments(parser)` and `run(args) -> int` (docs/CONTRACTS.md). Parsing
 happens in `main()`, never at import. `fetch` is owned by another module and registered only when it
@@ -18,6 +18,7 @@ _SUBCOMMANDS = (
     ("serve", "serve", "run the inference server"),
     ("checkpoint", "checkpoint", "create or inspect a .safetensors checkpoint"),
     ("fetch", "fetch", "download and verify a checkpoint (init container)"),
+    ("samples", "runtimes.samples", "pack a folder of images into one int8 sample file"),
 )
 
 

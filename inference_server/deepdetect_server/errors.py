@@ -70,6 +70,32 @@ class InferenceFailed(DeepDetectError):
     """The forward pass of the batch this request was in failed."""
 
 
+class TooManyRequests(DeepDetectError):
+    """A tenant is over its request or media rate limit; `retry_after_s` says when its window frees up."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, retry_after_s)
+
+
+class JobNotFound(DeepDetectError):
+    """No such job for this API key: never existed, expired after its retention, or another tenant's."""
+
+
+class FeatureDisabled(DeepDetectError):
+    """The route exists but this server is configured without it (jobs, callbacks)."""
+
+
+class Conflict(DeepDetectError):
+    """An Idempotency-Key reused with another request body, or a cancel of a job that already finished."""
+
+
+class StoreUnavailable(DeepDetectError):
+    """The shared store (Redis) cannot be reached: the jobs API cannot promise anything, so it says so."""
+
+    retry_after_s = 5
+
+
 class StartupError(DeepDetectError):
     """The server cannot start as configured (bad checkpoint, missing key file, unusable device)."""
 
@@ -83,6 +109,10 @@ HTTP_STATUS: dict[type[DeepDetectError], int] = {
     BadRequest: 400,
     Unauthorized: 401,
     ModelNotFound: 404,
+    JobNotFound: 404,
+    FeatureDisabled: 404,
+    Conflict: 409,
+    TooManyRequests: 429,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     ImageTooLarge: 422,
@@ -91,6 +121,7 @@ HTTP_STATUS: dict[type[DeepDetectError], int] = {
     NotReady: 503,
     Overloaded: 503,
     DeadlineExceeded: 503,
+    StoreUnavailable: 503,
 }
 
 
@@ -103,7 +134,7 @@ def status_for(exc: DeepDetectError) -> int:
 
 
 def headers_for(exc: DeepDetectError) -> dict[str, str]:
-    """Headers a status needs by protocol: Retry-After on 503, WWW-Authenticate on 401."""
+    """Headers a status needs by protocol: Retry-After on 503/429, WWW-Authenticate on 401."""
     headers: dict[str, str] = {}
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(exc.retry_after_s)

@@ -17,6 +17,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
 class Metrics:
@@ -39,10 +40,35 @@ class Metrics:
         self.predictions = Counter(f"{PREFIX}predictions", "verdicts by label", ["label"], registry=r)
         self.model_info = Gauge(f"{PREFIX}model_info", "the served model (value is always 1)",
                                 ["name", "digest", "architecture"], registry=r)
+        self.runtime_info = Gauge(f"{PREFIX}runtime_info", "the runtime serving the model (always 1)",
+                                  ["runtime", "precision", "threads"], registry=r)
         self.model_ready = Gauge(f"{PREFIX}model_ready", "1 when loaded, warmed and not draining", registry=r)
         self.inflight = Gauge(f"{PREFIX}inflight_requests", "HTTP requests being served", registry=r)
         self.gpu_memory = Gauge(f"{PREFIX}gpu_memory_bytes", "CUDA memory allocated by this process",
                                 ["device"], registry=r)
+        # Tenants and limits: labelled by the API key's name, never the key.
+        self.tenant_requests = Counter(f"{PREFIX}tenant_requests", "authenticated requests by tenant",
+                                       ["tenant", "status"], registry=r)
+        self.rate_limited = Counter(f"{PREFIX}rate_limited", "requests refused with 429, by tenant and limit",
+                                    ["tenant", "limit"], registry=r)
+        # Result cache: hit ratio = hit / (hit + miss); coalesced = waited for an identical miss in flight.
+        self.cache_lookups = Counter(f"{PREFIX}cache_lookups", "result cache lookups by outcome",
+                                     ["result"], registry=r)
+        # Redis
+        self.redis_up = Gauge(f"{PREFIX}redis_up", "1 while the last Redis call succeeded", registry=r)
+        self.redis_errors = Counter(f"{PREFIX}redis_errors", "failed or skipped Redis calls by component",
+                                    ["component"], registry=r)
+        # Jobs
+        self.job_transitions = Counter(f"{PREFIX}job_transitions", "job state changes made by this replica",
+                                       ["state"], registry=r)
+        self.jobs = Gauge(f"{PREFIX}jobs", "queued and running jobs in the store (all replicas)",
+                          ["state"], registry=r)
+        self.job_latency = Histogram(f"{PREFIX}job_latency_seconds", "submission to final state",
+                                     ["state"], buckets=_JOB_BUCKETS, registry=r)
+        self.job_run = Histogram(f"{PREFIX}job_run_seconds", "claim to final state on this replica",
+                                 buckets=_JOB_BUCKETS, registry=r)
+        self.callbacks = Counter(f"{PREFIX}callbacks", "callback deliveries: delivered, retried, failed",
+                                 ["result"], registry=r)
 
     def bind(self, depth: Callable[[], float], ready: Callable[[], float]) -> None:
         """Read queue depth and readiness at scrape time instead of pushing every change."""

@@ -1,9 +1,10 @@
-"""The detector: a timm model built from the card, run in eval mode under `torch.inference_mode`.
+"""The torch runtime: a timm model built from the card, run in eval mode under `torch.inference_mode`.
 
 `Detector` knows devices and precision and nothing about HTTP or queues (kserve's `Model` split). It takes
 uint8 NHWC batches, normalises them on the device (four times less data to move than float32), and returns
 the probability of the card's positive label for each image, for one-logit (sigmoid) and two-class
-(softmax) heads alike.
+(softmax) heads alike. It is the `torch` runtime of `runtimes/` and the reference every other runtime is
+checked against.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from .checkpoint import ModelCard
 from .errors import CheckpointError
 from .preprocess import normalize_batch
+from .runtimes.base import probabilities
 
 log = logging.getLogger("deepdetect.model")
 
@@ -64,7 +66,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Detector:
-    """A loaded, eval-mode timm model plus the card's normalisation constants."""
+    """A loaded, eval-mode timm model plus the card's normalisation constants (a `Runtime`)."""
+
+    name = "torch"
 
     def __init__(
         self,
@@ -98,6 +102,7 @@ class Detector:
         if self.device.type == "cuda":
             model.to(memory_format=torch.channels_last)
         self.model = model
+        self.device_type = self.device.type
         self.mean = torch.tensor(card.mean, device=self.device)
         self.std = torch.tensor(card.std, device=self.device)
 
@@ -106,11 +111,22 @@ class Detector:
             return torch.autocast("cuda", dtype=_DTYPES[self.precision])
         return contextlib.nullcontext()
 
-    def predict(self, images: Sequence[np.ndarray] | torch.Tensor) -> list[float]:
-        """Probability of the positive label for each uint8 HWC image of the batch."""
+    @property
+    def threads(self) -> int:
+        return self.cpu_threads
+
+    def set_threads(self, threads: int) -> None:
+        if self.device.type == "cpu":
+            self.cpu_threads = max(1, threads)
+
+    def logits(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor) -> np.ndarray:
+        """(N, num_outputs) float32 logits for a uint8 NHWC batch."""
         if self.cpu_threads and torch.get_num_threads() != self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
-        batch = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.stack(images))
+        if isinstance(images, torch.Tensor):
+            batch = images
+        else:
+            batch = torch.from_numpy(images if isinstance(images, np.ndarray) else np.stack(images))
         with torch.inference_mode():
             if self.device.type == "cuda":
                 batch = batch.pin_memory().to(self.device, non_blocking=True)
@@ -118,13 +134,12 @@ class Detector:
             if self.device.type != "cuda":
                 x = x.contiguous()
             with self._autocast():
-                logits = self.model(x)
-            logits = logits.float()
-            if self.card.num_outputs == 1:
-                probs = torch.sigmoid(logits[:, 0])
-            else:
-                probs = torch.softmax(logits, dim=1)[:, self.card.positive_index]
-            return probs.cpu().tolist()
+                out = self.model(x)
+            return out.float().cpu().numpy()
+
+    def predict(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor) -> list[float]:
+        """Probability of the positive label for each uint8 HWC image of the batch."""
+        return probabilities(self.logits(images), self.card).tolist()
 
     def warmup(self, batches: int, batch_sizes: Sequence[int] = (1,)) -> float:
         """Run dummy batches so the first real request does not pay for lazy init; returns seconds."""

@@ -86,7 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"))
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime", "auto"))
+    parser.add_argument("--samples", type=Path, help="int8 sample set: a folder or a packed file")
     parser.add_argument("--model-name")
     parser.add_argument("--threshold", type=float)
     parser.add_argument("--max-batch-size", type=int)
@@ -97,7 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = ("checkpoint", "checkpoint_sha256", "host", "port", "device", "precision", "model_name",
+    names = ("checkpoint", "checkpoint_sha256", "host", "port", "device", "precision", "runtime", "samples",
+             "model_name",
              "threshold", "max_batch_size", "max_delay_ms", "auth_mode", "api_key_file", "log_level")
     settings = load_settings(args.config, **{n: getattr(args, n) for n in names})
     setup_logging(settings.log_level)

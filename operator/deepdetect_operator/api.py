@@ -73,14 +73,44 @@ class CheckpointSpec(_Model):
         return self
 
 
+class SampleSetSpec(_Model):
+    uri: str = Field(
+        ...,
+        min_length=1,
+        max_length=2048,
+        pattern=r"^(https?|s3)://.+",
+        description="packed sample file (`deepdetect-server samples pack`), http(s):// or s3://BUCKET/KEY; "
+        "fetched like the checkpoint, with its credentialsSecret and s3Endpoint",
+    )
+    sha256: str = Field("", max_length=64, pattern=r"^([0-9a-f]{64})?$", description="optional pin")
+
+
 class ModelSpec(_Model):
     architecture: str = Field("efficientnet_b4", min_length=1, max_length=128, description="timm model name")
     input_size: int = Field(380, ge=16, le=4096, description="square input resolution in pixels")
-    precision: Literal["fp32", "fp16", "bf16"] = Field(
-        "fp16", description="inference precision (fp16/bf16 fall back to fp32 on CPU)"
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = Field(
+        "fp16",
+        description="inference precision: fp16/bf16 fall back to fp32 on CPU; int8 is CPU-only (fp16 on "
+        "GPU), calibrated on model.samples and refused past the drift gate",
+    )
+    runtime: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="auto: the fastest runtime that matches torch on the warm-up batch (measured)"
+    )
+    samples: SampleSetSpec | None = Field(
+        None, description="int8 calibration and held-out images (required for precision int8)"
     )
     checkpoint: CheckpointSpec = Field(..., description="where the .safetensors checkpoint comes from")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="overrides the checkpoint's own")
+
+    @model_validator(mode="after")
+    def _int8_needs_samples(self) -> ModelSpec:
+        # Mirrors the CEL rules in crd.py.
+        if self.precision == "int8" and self.samples is None:
+            raise ValueError("model.precision int8 needs model.samples (the calibration and held-out set)")
+        if self.precision == "int8" and self.runtime == "torch":
+            raise ValueError(
+                "model.precision int8 runs on onnxruntime: set model.runtime to auto or onnxruntime")
+        return self
 
 
 class AutoscalingSpec(_Model):
@@ -169,6 +199,93 @@ class MonitoringSpec(_Model):
     service_monitor: bool = Field(False, description="render a ServiceMonitor (when its CRD exists)")
 
 
+# A `limits` rate as the server reads it: "600/minute", "10/second;500/hour"; "" = unlimited.
+RATE_PATTERN = (r"^$|^[0-9]+/([0-9]+ ?)?(second|minute|hour|day)s?"
+                r"(;[0-9]+/([0-9]+ ?)?(second|minute|hour|day)s?)*$")
+
+
+class RedisSpec(_Model):
+    url_secret: str = Field(
+        "", max_length=253, description="Secret holding the Redis URL (redis://[user:password@]host:port/db; "
+        "rediss:// for TLS); empty = no Redis: jobs, cache and limits stay in each pod")
+    url_key: str = Field("url", min_length=1, max_length=253, description="key of the URL in urlSecret")
+    ca_key: str = Field(
+        "", max_length=253, description="key in urlSecret holding the CA bundle of a rediss:// server "
+        "(empty: the image's system CAs)")
+    key_prefix: str = Field(
+        "", max_length=200, pattern=r"^[^{}\s]*$",
+        description="prefix of every key (no braces, no spaces); default deepdetect:<namespace>/<name>")
+    port: int = Field(6379, ge=1, le=65535, description="Redis port, for the NetworkPolicy's egress rule")
+
+
+class CallbacksSpec(_Model):
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="hosts (or *.domain) a job's callback_url may name; empty = no "
+        "callbacks")
+    secret_name: str = Field(
+        "", max_length=253, description="Secret with key 'secrets': 'tenant:secret' lines (or one bare "
+        "secret for every tenant) that sign callbacks; required with allowedHosts")
+    max_attempts: int = Field(8, ge=1, le=100, description="deliveries tried before giving up")
+
+
+class JobsSpec(_Model):
+    enabled: bool = Field(
+        False, description="POST /v1/jobs; more than one replica needs spec.redis (else Degraded, "
+        "JobsNeedRedis)")
+    result_ttl_seconds: int = Field(86_400, ge=60, alias="resultTTLSeconds",
+                                    description="final jobs are kept this long, then 404")
+    max_payload_mb: int = Field(50, ge=1, le=1024, alias="maxPayloadMB", description="media kept per job")
+    max_queued: int = Field(1000, ge=1, le=1_000_000, description="queued jobs (all replicas); more: 503")
+    concurrency: int = Field(1, ge=0, le=64, description="jobs one pod runs at once")
+    timeout_seconds: int = Field(600, ge=1, le=86_400, description="scoring deadline of one job")
+    lease_seconds: int = Field(
+        30, ge=3, le=3600,
+        description="a pod that stops renewing its lease this long loses the job to another")
+    max_attempts: int = Field(3, ge=1, le=100, description="a job whose pod is lost this many times fails")
+    callbacks: CallbacksSpec = Field(default_factory=CallbacksSpec)
+
+
+class CacheSpec(_Model):
+    enabled: bool = Field(True, description="result cache (Redis with spec.redis, else in each pod)")
+    ttl_seconds: int = Field(3600, ge=1, description="a cached verdict lives this long")
+    max_entries: int = Field(10_000, ge=1, description="in-pod LRU size (without Redis)")
+    scope: Literal["tenant", "global"] = Field(
+        "tenant", description="tenant: tenants never share verdicts; global: all share")
+
+
+class TenantLimitsSpec(_Model):
+    requests: str | None = Field(None, pattern=RATE_PATTERN, description="overrides rateLimits.requests")
+    media: str | None = Field(None, pattern=RATE_PATTERN, description="overrides rateLimits.media")
+
+
+class RateLimitsSpec(_Model):
+    requests: str = Field("", pattern=RATE_PATTERN, description="per tenant, e.g. '600/minute'; '' = none")
+    media: str = Field(
+        "", pattern=RATE_PATTERN, description="media units per tenant (an image 1, a video its sampled "
+        "frames), e.g. '6000/minute'")
+    tenants: dict[str, TenantLimitsSpec] = Field(
+        default_factory=dict, description="per tenant (API key name) overrides")
+
+
+class NetworkPolicySpec(_Model):
+    enabled: bool = Field(False, description="render a NetworkPolicy for the server pods")
+    ingress_from: list[dict[str, Any]] = Field(
+        default_factory=list, description="NetworkPolicyPeers (namespaceSelector/podSelector/ipBlock) "
+        "allowed to call the API; empty = none besides metricsFrom")
+    metrics_from: list[dict[str, Any]] = Field(
+        default_factory=list, description="peers allowed to scrape /metrics; empty: the namespace "
+        "'monitoring'")
+    dns_to: list[dict[str, Any]] = Field(
+        default_factory=list, description="where DNS is served (port 53 UDP/TCP); empty: kube-dns pods in "
+        "kube-system")
+    redis_to: list[dict[str, Any]] = Field(
+        default_factory=list, description="peers running Redis (empty: any address on redis.port)")
+    checkpoint_store_to: list[dict[str, Any]] = Field(
+        default_factory=list, description="peers of the checkpoint store (empty: any address on its port)")
+    callbacks_to: list[dict[str, Any]] = Field(
+        default_factory=list, description="peers receiving job callbacks (empty: any address on 80/443)")
+
+
 class ServiceSpec(_Model):
     type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field("ClusterIP", description="Service type")
     port: int = Field(80, ge=1, le=65535, description="Service port (targets the pods' 8080)")
@@ -188,6 +305,17 @@ class DeepDetectServiceSpec(_Model):
     disruption: DisruptionSpec = Field(default_factory=DisruptionSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     service: ServiceSpec = Field(default_factory=ServiceSpec)
+    redis: RedisSpec = Field(default_factory=RedisSpec)
+    jobs: JobsSpec = Field(default_factory=JobsSpec)
+    cache: CacheSpec = Field(default_factory=CacheSpec)
+    rate_limits: RateLimitsSpec = Field(default_factory=RateLimitsSpec)
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+
+    @model_validator(mode="after")
+    def _callbacks_signed(self) -> DeepDetectServiceSpec:
+        if self.jobs.callbacks.allowed_hosts and not self.jobs.callbacks.secret_name:
+            raise ValueError("jobs.callbacks.secretName is required with allowedHosts: callbacks are signed")
+        return self
 
     @model_validator(mode="after")
     def _disruption_fits(self) -> DeepDetectServiceSpec:
@@ -240,6 +368,21 @@ class DeepDetectServiceStatus(_Model):
     endpoint: str = ""
     model: ModelStatus = Field(default_factory=ModelStatus)
     rollout: RolloutStatus = Field(default_factory=RolloutStatus)
+
+
+def max_pods(spec: DeepDetectServiceSpec) -> int:
+    """The most pods the spec lets exist at once (the HPA's ceiling while autoscaling)."""
+    return spec.autoscaling.max_replicas if spec.autoscaling.enabled else spec.replicas
+
+
+def jobs_need_redis(spec: DeepDetectServiceSpec) -> str | None:
+    """Why this spec cannot run jobs as asked (None when it can): pods without a shared store each keep
+    their own jobs, so a GET reaching another pod would 404 and a job would die with its pod."""
+    if spec.jobs.enabled and not spec.redis.url_secret and max_pods(spec) > 1:
+        return (f"jobs.enabled with up to {max_pods(spec)} replicas needs spec.redis.urlSecret: without a "
+                "shared store each pod keeps its own jobs (another pod answers 404, a pod's jobs die with "
+                "it); set spec.redis, or run one replica")
+    return None
 
 
 def parse_spec(raw: dict[str, Any]) -> DeepDetectServiceSpec:

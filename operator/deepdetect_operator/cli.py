@@ -19,7 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from deepdetect_operator import __version__, render
-from deepdetect_operator.api import API_VERSION, DEFAULT_SERVER_IMAGE, KIND, parse_spec
+from deepdetect_operator.api import API_VERSION, DEFAULT_SERVER_IMAGE, KIND, jobs_need_redis, parse_spec
 
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 EXIT_INVALID = 2
@@ -81,6 +81,9 @@ def render_inputs(
         spec = parse_spec(obj["spec"])
     except ValidationError as exc:
         raise InvalidResource(f"{name}: {flatten_validation_error(exc)}") from exc
+    refusal = jobs_need_redis(spec)
+    if refusal is not None:  # the operator refuses it too (Degraded, JobsNeedRedis)
+        raise InvalidResource(f"{name}: {refusal}")
     return render.RenderInputs(
         name=name,
         namespace=meta.get("namespace") or namespace,

@@ -98,6 +98,18 @@ CEL_RULES: tuple[CelRule, ...] = (
         ".uri",
     ),
     CelRule(
+        ("model",),
+        "!has(self.precision) || self.precision != 'int8' || has(self.samples)",
+        "model.precision int8 needs model.samples (the calibration and held-out set)",
+        ".samples",
+    ),
+    CelRule(
+        ("model",),
+        "!has(self.precision) || self.precision != 'int8' || !has(self.runtime) || self.runtime != 'torch'",
+        "model.precision int8 runs on onnxruntime: set model.runtime to auto or onnxruntime",
+        ".runtime",
+    ),
+    CelRule(
         ("rollout",),
         "!has(self.maxSurge) || !has(self.maxUnavailable) || self.maxSurge > 0 || self.maxUnavailable > 0",
         "rollout.maxSurge and rollout.maxUnavailable cannot both be 0 (the rollout could never progress)",
@@ -111,6 +123,16 @@ CEL_RULES: tuple[CelRule, ...] = (
         " : (self.replicas == 0 || self.disruption.minAvailable <= self.replicas))",
         "disruption.minAvailable must not exceed replicas (or autoscaling.maxReplicas): lower it first",
         ".disruption.minAvailable",
+    ),
+)
+
+CEL_RULES += (
+    CelRule(
+        ("jobs", "callbacks"),
+        "!has(self.allowedHosts) || size(self.allowedHosts) == 0"
+        " || (has(self.secretName) && self.secretName != '')",
+        "jobs.callbacks.secretName is required with allowedHosts: callbacks are always signed",
+        ".secretName",
     ),
 )
 
@@ -159,7 +181,10 @@ def _convert_object(node: Schema, defs: dict[str, Schema], out: Schema) -> None:
             out["required"] = list(required)
         for name, sub in out["properties"].items():
             # A whole sub-object left out defaults to {}, so its fields' own defaults apply.
-            if sub.get("type") == "object" and "properties" in sub and name not in (required or []):
+            # Not for an optional (nullable) object with required fields of its own: {} would be invalid,
+            # and absent is its meaning (model.samples).
+            if (sub.get("type") == "object" and "properties" in sub and name not in (required or [])
+                    and not (sub.get("nullable") and sub.get("required"))):
                 sub["default"] = {}
     elif isinstance(extra, dict):
         out["additionalProperties"] = convert(extra, defs)

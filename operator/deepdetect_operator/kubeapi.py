@@ -95,6 +95,7 @@ DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 HPAS = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
 PDBS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 SERVICEMONITORS = Resource("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor")
+NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 
 BY_KIND: dict[tuple[str, str], Resource] = {
     (r.api_version, r.kind): r
@@ -108,6 +109,7 @@ BY_KIND: dict[tuple[str, str], Resource] = {
         HPAS,
         PDBS,
         SERVICEMONITORS,
+        NETWORKPOLICIES,
     )
 }
 

@@ -32,6 +32,7 @@ COMPONENT_AUTH = "auth"
 COMPONENT_AUTOSCALER = "autoscaler"
 COMPONENT_DISRUPTION = "disruption-budget"
 COMPONENT_MONITORING = "monitoring"
+COMPONENT_NETWORK = "network-policy"
 
 _DNS1035_BAD = re.compile(r"[^a-z0-9-]")
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]")
@@ -96,6 +97,10 @@ def pdb_name(name: str) -> str:
 
 
 def service_monitor_name(name: str) -> str:
+    return child_name(name)
+
+
+def network_policy_name(name: str) -> str:
     return child_name(name)
 
 

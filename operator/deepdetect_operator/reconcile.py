@@ -3,7 +3,9 @@
 Every trigger (create/update/resume, the periodic timer, events of owned Deployments and Pods) calls
 `Reconciler.reconcile` for the CR, which reads the CR fresh and converges on the same desired state:
 
-1. parse the spec (a bad one -> Degraded/InvalidSpec + Event; nothing else is touched);
+1. parse the spec (a bad one -> Degraded/InvalidSpec + Event; nothing else is touched), and refuse a spec
+   that cannot work as asked (jobs on several replicas without Redis -> Degraded/JobsNeedRedis; nothing
+   is applied, so a live service keeps running as it was);
 2. check the Secrets it references (missing -> Degraded/SecretNotFound);
 3. create the API-key Secret once (409 = it exists; never overwritten) and hash what the pods read;
 4. resolve the checkpoint when due (spec change, `pollInterval`, restart); an error keeps the last digest;
@@ -35,7 +37,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from deepdetect_operator import naming, render
-from deepdetect_operator.api import DEFAULT_SERVER_IMAGE, GROUP, DeepDetectServiceSpec, parse_spec
+from deepdetect_operator.api import (
+    DEFAULT_SERVER_IMAGE,
+    GROUP,
+    DeepDetectServiceSpec,
+    jobs_need_redis,
+    parse_spec,
+)
 from deepdetect_operator.checkpoints import (
     CheckpointResolveError,
     parse_duration,
@@ -48,6 +56,7 @@ from deepdetect_operator.kubeapi import (
     DEPLOYMENTS,
     FIELD_MANAGER,
     HPAS,
+    NETWORKPOLICIES,
     PODS,
     SECRETS,
     SERVICEMONITORS,
@@ -61,6 +70,7 @@ from deepdetect_operator.rollout import RolloutInput, RolloutOutcome, evaluate_r
 from deepdetect_operator.status import (
     REASON_APPLY_FAILED,
     REASON_INVALID_SPEC,
+    REASON_JOBS_NEED_REDIS,
     REASON_SECRET_NOT_FOUND,
     CheckpointResult,
     Problem,
@@ -403,6 +413,11 @@ class Reconciler:
             name=name, namespace=namespace, uid=uid, spec=spec, default_image=self.config.default_image
         )
         result.endpoint = render.endpoint(base)
+        refusal = jobs_need_redis(spec)
+        if refusal is not None:
+            result.problem = Problem(REASON_JOBS_NEED_REDIS, refusal)
+            result.deployment = await self.api.get(DEPLOYMENTS, namespace, dep_name)
+            return
 
         # 2. referenced Secrets
         missing: list[str] = []
@@ -423,6 +438,17 @@ class Reconciler:
                 missing.append(f"{ckpt.credentials_secret} (model.checkpoint.credentialsSecret)")
             else:
                 creds = decode_secret(cred_secret)
+        pod_secrets: dict[str, str] = {}  # every other Secret the pods mount: its change rolls them
+        for secret_name, keys, field_name in _mounted_secrets(spec):
+            live_secret = await self.api.get(SECRETS, namespace, secret_name)
+            data = decode_secret(live_secret) if live_secret is not None else {}
+            if live_secret is None:
+                missing.append(f"{secret_name} ({field_name})")
+                continue
+            absent = [k for k in keys if k not in data]
+            if absent:
+                missing.append(f"{secret_name} key {absent[0]!r} ({field_name})")
+            pod_secrets.update({f"{secret_name}/{k}": v for k, v in data.items() if k in keys})
         if missing:
             result.problem = Problem(
                 REASON_SECRET_NOT_FOUND, f"Secret {', '.join(missing)} not found in namespace {namespace}"
@@ -436,6 +462,8 @@ class Reconciler:
             if auth_data is None:
                 auth_data = await self._ensure_api_key(base, result)
             secret_hash = render.secret_data_hash(auth_data)
+        if pod_secrets:
+            secret_hash = render.secret_data_hash({"": secret_hash, **pod_secrets})
 
         # 4. checkpoint digest
         resolved_digest = previous.model.digest or None
@@ -562,8 +590,10 @@ class Reconciler:
         return self._sm_cache[0]
 
     async def _delete_disabled(self, inp: render.RenderInputs, wanted: set[Any], result: Pass) -> None:
-        """Children of features switched off: the HPA without autoscaling, the ServiceMonitor."""
-        candidates = [(HPAS, naming.hpa_name(inp.name))]
+        """Children of features switched off: the HPA without autoscaling, the NetworkPolicy, the
+        ServiceMonitor."""
+        candidates = [(HPAS, naming.hpa_name(inp.name)),
+                      (NETWORKPOLICIES, naming.network_policy_name(inp.name))]
         if inp.service_monitor_available:
             candidates.append((SERVICEMONITORS, naming.service_monitor_name(inp.name)))
         for res, child_name in candidates:
@@ -574,6 +604,18 @@ class Reconciler:
                 continue
             if await self.api.delete(res, inp.namespace, child_name, uid=live["metadata"].get("uid")):
                 result.writes += 1
+
+
+def _mounted_secrets(spec: DeepDetectServiceSpec) -> list[tuple[str, list[str], str]]:
+    """(Secret, keys the pods need, spec field naming it) for the Redis URL and the callback secrets."""
+    out = []
+    if spec.redis.url_secret:
+        keys = [spec.redis.url_key] + ([spec.redis.ca_key] if spec.redis.ca_key else [])
+        out.append((spec.redis.url_secret, keys, "redis.urlSecret"))
+    if spec.jobs.enabled and spec.jobs.callbacks.allowed_hosts:
+        out.append((spec.jobs.callbacks.secret_name, [render.CALLBACK_SECRETS_KEY],
+                    "jobs.callbacks.secretName"))
+    return out
 
 
 def _with_model(outcome: RolloutOutcome, **changes: Any) -> RolloutOutcome:

@@ -1,10 +1,11 @@
 """Desired child manifests of a DeepDetectService, computed from its spec: pure, no I/O.
 
 One small builder per child kind (`build_configmap`, `build_service`, `build_deployment`, `build_hpa`,
-`build_pdb`, `build_service_monitor`) and `render_children`, which picks the ones the spec asks for. The
-reconciler server-side-applies what comes out; the `render` CLI prints it. Everything the reconciler
-learned from the cluster (checkpoint digest, secret hash, whether the ServiceMonitor CRD exists) comes in
-through `RenderInputs`, so the same inputs always give byte-identical output and a re-apply is a no-op.
+`build_pdb`, `build_service_monitor`, `build_network_policy`) and `render_children`, which picks the ones
+the spec asks for. The reconciler server-side-applies what comes out; the `render` CLI prints it.
+Everything the reconciler learned from the cluster (checkpoint digest, secret hash, whether the
+ServiceMonitor CRD exists) comes in through `RenderInputs`, so the same inputs always give byte-identical
+output and a re-apply is a no-op.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ CHECKPOINT_PATH = f"{MODELS_DIR}/model.safetensors"
 AUTH_DIR = "/var/run/deepdetect/auth"
 API_KEY_KEY = "api-key"
 API_KEY_PATH = f"{AUTH_DIR}/{API_KEY_KEY}"
+REDIS_DIR = "/var/run/deepdetect/redis"
+REDIS_URL_PATH = f"{REDIS_DIR}/url"
+REDIS_CA_PATH = f"{REDIS_DIR}/ca.crt"
+CALLBACKS_DIR = "/var/run/deepdetect/callbacks"
+CALLBACK_SECRETS_KEY = "secrets"
+CALLBACK_SECRETS_PATH = f"{CALLBACKS_DIR}/{CALLBACK_SECRETS_KEY}"
+DNS_PORT = 53
 SOURCE_DIR = "/mnt/checkpoint-source"  # pvc:// claim / file:// source for `fetch` (its --source-root)
 READY_PATH = "/v2/health/ready"
 LIVE_PATH = "/v2/health/live"
@@ -52,6 +60,10 @@ RUN_AS_ID = 10001
 PRESTOP_SLEEP_S = 5  # let endpoints controllers and kube-proxy drop the pod before the server stops
 TERMINATION_SLACK_S = 10  # on top of preStop + the server's own shutdown grace
 REVISION_HISTORY_LIMIT = 5
+# Exported/quantized graphs, by checkpoint digest: the tmp emptyDir lives as long as the pod, so a restarted
+# container reuses them and a new pod (a new checkpoint) starts clean. /models stays read-only.
+RUNTIME_CACHE_DIR = "/tmp/runtime-cache"
+SAMPLES_PATH = f"{MODELS_DIR}/samples.safetensors"
 STARTUP_BUDGET_S = 600  # model load + warm-up may take minutes on a cold GPU node
 INFLIGHT_METRIC = "deepdetect_inflight_requests"
 
@@ -153,6 +165,54 @@ def _auth_enabled(spec: DeepDetectServiceSpec) -> bool:
     return spec.auth.mode == "apiKey"
 
 
+def _redis_enabled(spec: DeepDetectServiceSpec) -> bool:
+    return bool(spec.redis.url_secret)
+
+
+def _callbacks_enabled(spec: DeepDetectServiceSpec) -> bool:
+    return spec.jobs.enabled and bool(spec.jobs.callbacks.allowed_hosts)
+
+
+def redis_key_prefix(inp: RenderInputs) -> str:
+    """Keys of one DeepDetectService: two services sharing a Redis never see each other's jobs."""
+    return inp.spec.redis.key_prefix or f"deepdetect:{inp.namespace}/{inp.name}"
+
+
+def _shared_state_config(inp: RenderInputs) -> dict[str, Any]:
+    """Redis, jobs, cache and rate-limit settings of config.yaml."""
+    spec = inp.spec
+    jobs, cache, limits = spec.jobs, spec.cache, spec.rate_limits
+    config: dict[str, Any] = {
+        "jobs_enabled": jobs.enabled,
+        "jobs_result_ttl_s": jobs.result_ttl_seconds,
+        "jobs_max_payload_mb": jobs.max_payload_mb,
+        "jobs_max_queued": jobs.max_queued,
+        "jobs_concurrency": jobs.concurrency,
+        "jobs_timeout_s": jobs.timeout_seconds,
+        "jobs_lease_s": jobs.lease_seconds,
+        "jobs_max_attempts": jobs.max_attempts,
+        "cache_enabled": cache.enabled,
+        "cache_ttl_s": cache.ttl_seconds,
+        "cache_max_entries": cache.max_entries,
+        "cache_scope": cache.scope,
+        "rate_limit_requests": limits.requests,
+        "rate_limit_media": limits.media,
+    }
+    if limits.tenants:
+        config["rate_limit_tenants"] = {
+            name: t.model_dump(exclude_none=True) for name, t in sorted(limits.tenants.items())}
+    if _redis_enabled(spec):
+        config["redis_url_file"] = REDIS_URL_PATH
+        config["redis_key_prefix"] = redis_key_prefix(inp)
+        if spec.redis.ca_key:
+            config["redis_ca_file"] = REDIS_CA_PATH
+    if _callbacks_enabled(spec):
+        config["callback_allowed_hosts"] = list(jobs.callbacks.allowed_hosts)
+        config["callback_secret_file"] = CALLBACK_SECRETS_PATH
+        config["callback_max_attempts"] = jobs.callbacks.max_attempts
+    return config
+
+
 # ---------------------------------------------------------------- server config (ConfigMap)
 
 
@@ -166,6 +226,8 @@ def render_server_config(inp: RenderInputs) -> dict[str, Any]:
         "expect_architecture": spec.model.architecture,
         "expect_input_size": spec.model.input_size,
         "precision": spec.model.precision,
+        "runtime": spec.model.runtime,
+        "runtime_cache_dir": RUNTIME_CACHE_DIR,
         "device": "auto",
         "max_batch_size": spec.batching.max_batch_size,
         "max_delay_ms": spec.batching.max_delay_ms,
@@ -180,8 +242,11 @@ def render_server_config(inp: RenderInputs) -> dict[str, Any]:
     }
     if spec.model.threshold is not None:
         config["threshold"] = spec.model.threshold
+    if spec.model.samples is not None:
+        config["samples"] = SAMPLES_PATH
     if _auth_enabled(spec):
         config["api_key_file"] = API_KEY_PATH
+    config.update(_shared_state_config(inp))
     return config
 
 
@@ -359,6 +424,23 @@ def build_fetch_container(inp: RenderInputs) -> Manifest:
     return container
 
 
+def build_fetch_samples_container(inp: RenderInputs) -> Manifest:
+    """Init container for the int8 sample set: the same `fetch` (a packed sample file is safetensors)."""
+    samples = inp.spec.model.samples
+    assert samples is not None
+    command = ["deepdetect-server", "fetch", "--uri", samples.uri]
+    if samples.sha256:
+        command += ["--sha256", samples.sha256]
+    command += ["--dest", SAMPLES_PATH]
+    container = build_fetch_container(inp)
+    container.update({
+        "name": "fetch-samples",
+        "command": command,
+        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+    })
+    return container
+
+
 def _http_probe(path: str, period: int, failures: int, timeout: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": PORT_NAME, "scheme": "HTTP"},
@@ -378,6 +460,10 @@ def build_server_container(inp: RenderInputs) -> Manifest:
     ]
     if _auth_enabled(inp.spec):
         mounts.append({"name": "api-key", "mountPath": AUTH_DIR, "readOnly": True})
+    if _redis_enabled(inp.spec):
+        mounts.append({"name": "redis", "mountPath": REDIS_DIR, "readOnly": True})
+    if _callbacks_enabled(inp.spec):
+        mounts.append({"name": "callbacks", "mountPath": CALLBACKS_DIR, "readOnly": True})
     return {
         "name": "server",
         "image": _image(inp),
@@ -416,6 +502,17 @@ def _volumes(inp: RenderInputs) -> list[Manifest]:
             "defaultMode": 0o440,
         }
         volumes.append({"name": "api-key", "secret": secret})
+    if _redis_enabled(inp.spec):
+        redis = inp.spec.redis
+        items = [{"key": redis.url_key, "path": "url"}]
+        if redis.ca_key:
+            items.append({"key": redis.ca_key, "path": "ca.crt"})
+        volumes.append({"name": "redis", "secret": {"secretName": redis.url_secret, "items": items,
+                                                     "defaultMode": 0o440}})
+    if _callbacks_enabled(inp.spec):
+        items = [{"key": CALLBACK_SECRETS_KEY, "path": CALLBACK_SECRETS_KEY}]
+        volumes.append({"name": "callbacks", "secret": {
+            "secretName": inp.spec.jobs.callbacks.secret_name, "items": items, "defaultMode": 0o440}})
     _, source_volume = _checkpoint_source(inp)
     if source_volume is not None:
         volumes.append(source_volume)
@@ -463,7 +560,8 @@ def build_pod_template(inp: RenderInputs) -> Manifest:
         "securityContext": _pod_security_context(),
         "terminationGracePeriodSeconds": termination_grace_s(inp.spec),
         **_scheduling(inp.spec),
-        "initContainers": [build_fetch_container(inp)],
+        "initContainers": [build_fetch_container(inp),
+                           *([build_fetch_samples_container(inp)] if inp.spec.model.samples else [])],
         "containers": [build_server_container(inp)],
         "volumes": _volumes(inp),
     }
@@ -618,15 +716,77 @@ def build_service_monitor(inp: RenderInputs) -> Manifest:
     }
 
 
+# ---------------------------------------------------------------- NetworkPolicy
+
+# Conventional places of the metrics scraper and of cluster DNS, used when the spec names none.
+DEFAULT_METRICS_FROM = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+DEFAULT_DNS_TO = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                   "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+
+
+def checkpoint_store_port(inp: RenderInputs) -> int | None:
+    """The TCP port `fetch` connects to for the checkpoint (None: a file or a claim, no network)."""
+    ckpt = inp.spec.model.checkpoint
+    scheme = urlsplit(ckpt.uri).scheme
+    if scheme in ("file", "pvc"):
+        return None
+    target = urlsplit(ckpt.s3_endpoint) if scheme == "s3" and ckpt.s3_endpoint else urlsplit(ckpt.uri)
+    if target.port:
+        return target.port
+    return 80 if target.scheme == "http" else 443
+
+
+def _egress(peers: list[dict[str, Any]], ports: list[tuple[str, int]]) -> dict[str, Any]:
+    """One egress rule; without peers it allows any address, but only on these ports."""
+    rule: dict[str, Any] = {"ports": [{"protocol": proto, "port": port} for proto, port in ports]}
+    if peers:
+        rule["to"] = copy.deepcopy(peers)
+    return rule
+
+
+def build_network_policy(inp: RenderInputs) -> Manifest:
+    """Ingress only from the peers the spec names plus the metrics scraper; egress only to DNS, Redis,
+    the checkpoint store and callback receivers (those the spec uses)."""
+    spec, net = inp.spec, inp.spec.network_policy
+    http = [{"protocol": "TCP", "port": HTTP_PORT}]
+    ingress: list[dict[str, Any]] = []
+    if net.ingress_from:
+        ingress.append({"from": copy.deepcopy(net.ingress_from), "ports": http})
+    ingress.append({"from": copy.deepcopy(net.metrics_from or DEFAULT_METRICS_FROM), "ports": http})
+    egress = [_egress(net.dns_to or DEFAULT_DNS_TO, [("UDP", DNS_PORT), ("TCP", DNS_PORT)])]
+    if _redis_enabled(spec):
+        egress.append(_egress(net.redis_to, [("TCP", spec.redis.port)]))
+    store_port = checkpoint_store_port(inp)
+    if store_port is not None:
+        egress.append(_egress(net.checkpoint_store_to, [("TCP", store_port)]))
+    if _callbacks_enabled(spec):
+        egress.append(_egress(net.callbacks_to, [("TCP", 443), ("TCP", 80)]))
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(inp, naming.network_policy_name(inp.name), naming.COMPONENT_NETWORK),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(inp.name)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": egress,
+        },
+    }
+
+
 # ---------------------------------------------------------------- the picker
 
 
 def render_children(inp: RenderInputs) -> list[Manifest]:
     """All children the spec asks for, except the generated API-key Secret (see `render_api_key_secret`).
 
-    Order: what the pods read first (ConfigMap), then Service, Deployment, HPA, PDB, ServiceMonitor.
+    Order: what the pods read first (ConfigMap), the NetworkPolicy (before the pods it fences exist),
+    then Service, Deployment, HPA, PDB, ServiceMonitor.
     """
-    children = [build_configmap(inp), build_service(inp), build_deployment(inp)]
+    children = [build_configmap(inp)]
+    if inp.spec.network_policy.enabled:
+        children.append(build_network_policy(inp))
+    children += [build_service(inp), build_deployment(inp)]
     if inp.spec.autoscaling.enabled:
         children.append(build_hpa(inp))
     children.append(build_pdb(inp))

@@ -34,6 +34,7 @@ CONDITION_ORDER = (COND_READY, COND_PROGRESSING, COND_DEGRADED, COND_CHECKPOINT)
 REASON_INVALID_SPEC = "InvalidSpec"
 REASON_SECRET_NOT_FOUND = "SecretNotFound"
 REASON_APPLY_FAILED = "ApplyFailed"
+REASON_JOBS_NEED_REDIS = "JobsNeedRedis"
 REASON_DEADLINE = "ProgressDeadlineExceeded"
 # Reasons after which no replica may serve: with none ready the phase is Failed, not Degraded.
 _ROLLOUT_REASONS = {"RolloutFailed", "CheckpointFetchFailed", REASON_DEADLINE}

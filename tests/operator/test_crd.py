@@ -220,7 +220,16 @@ HEX = "a" * 64
 
 INVALID = [
     ("min-gt-max", [("autoscaling.minReplicas", 5), ("autoscaling.maxReplicas", 2)], "minReplicas"),
-    ("bad-precision", [("model.precision", "int8")], "precision"),
+    ("bad-precision", [("model.precision", "fp8")], "precision"),
+    ("int8-without-samples", [("model.precision", "int8")], "samples"),
+    (
+        "int8-on-torch",
+        [("model.precision", "int8"), ("model.runtime", "torch"),
+         ("model.samples", {"uri": "https://data.example/samples.safetensors"})],
+        "onnxruntime",
+    ),
+    ("bad-runtime", [("model.runtime", "tensorrt")], "runtime"),
+    ("samples-bad-scheme", [("model.samples", {"uri": "ftp://x/y"})], "uri"),
     ("missing-uri", [("model.checkpoint.uri", _DELETE)], "uri"),
     ("bad-scheme", [("model.checkpoint.uri", "ftp://x/y")], "uri"),
     ("pvc-without-sha256", [("model.checkpoint.uri", PVC)], "sha256"),
@@ -249,6 +258,12 @@ INVALID = [
     ("too-many-gpus", [("resources.gpus", 17)], "gpus"),
     ("threshold-above-one", [("model.threshold", 1.5)], "threshold"),
     ("bad-auth-mode", [("auth.mode", "oauth")], "mode"),
+    ("callbacks-unsigned", [("jobs.callbacks", {"allowedHosts": ["hooks.acme.io"]})], "secretName"),
+    ("bad-rate", [("rateLimits.requests", "600 a minute")], "requests"),
+    ("bad-tenant-rate", [("rateLimits.tenants", {"acme": {"media": "lots"}})], "media"),
+    ("bad-cache-scope", [("cache.scope", "shared")], "scope"),
+    ("jobs-zero-lease", [("jobs.leaseSeconds", 0)], "leaseSeconds"),
+    ("redis-prefix-hash-tag", [("redis", {"urlSecret": "r", "keyPrefix": "a{b}"})], "keyPrefix"),
 ]
 
 
@@ -273,7 +288,20 @@ VALID = [
     ("scaled-to-zero", [("autoscaling.enabled", False), ("replicas", 0), ("disruption.minAvailable", 1)]),
     ("min-equals-max", [("autoscaling.minReplicas", 3), ("autoscaling.maxReplicas", 3)]),
     ("null-threshold", [("model.threshold", None)]),
+    (
+        "int8-with-samples",
+        [("model.precision", "int8"), ("model.samples", {"uri": "s3://bucket/samples.safetensors"})],
+    ),
+    ("runtime-torch", [("model.runtime", "torch")]),
     ("affinity-free-form", [("scheduling.affinity", {"nodeAffinity": {"whatever": [1, 2]}})]),
+    ("jobs-redis-limits", [("redis", {"urlSecret": "redis", "caKey": "ca.crt"}),
+                           ("jobs", {"enabled": True, "callbacks": {"allowedHosts": ["*.acme.io"],
+                                                                     "secretName": "hooks"}}),
+                           ("rateLimits", {"requests": "10/second;600/minute", "media": "6000/minute",
+                                           "tenants": {"vip": {"requests": "100/second"}}}),
+                           ("cache", {"scope": "global", "ttlSeconds": 60})]),
+    ("network-policy", [("networkPolicy", {"enabled": True, "ingressFrom": [
+        {"namespaceSelector": {"matchLabels": {"team": "trust"}}}]})]),
 ]
 
 

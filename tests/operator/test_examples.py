@@ -104,11 +104,12 @@ INVALID = [
     ("min-gt-max", {"autoscaling": {"minReplicas": 9, "maxReplicas": 2}}, "spec.autoscaling"),
     (
         "bad-precision",
-        {"model": {"precision": "int8", "checkpoint": {"uri": "s3://b/k"}}},
+        {"model": {"precision": "fp8", "checkpoint": {"uri": "s3://b/k"}}},
         "spec.model.precision",
     ),
     ("missing-uri", {"model": {"checkpoint": {}}}, "spec.model.checkpoint.uri"),
     ("unknown-field", {"replicaz": 2}, "spec.replicaz"),
+    ("jobs-need-redis", {"jobs": {"enabled": True}}, "needs spec.redis.urlSecret"),
 ]
 
 

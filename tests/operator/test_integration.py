@@ -452,3 +452,44 @@ async def test_kubeapi_maps_api_answers() -> None:
             assert await api.serves("monitoring.coreos.com", "v1", "servicemonitors") is False
         finally:
             await api.close()
+
+
+async def test_jobs_on_several_replicas_need_redis(cluster: Cluster, checkpoint: tuple[str, str]) -> None:
+    """Jobs with up to 3 replicas and no Redis: Degraded/JobsNeedRedis, nothing made. Naming a Redis Secret
+    that does not exist yet: SecretNotFound. Once it exists the service reconciles, reads it through a
+    mounted file, and a change of the URL rolls the pods (secret hash)."""
+    uri, _ = checkpoint
+    await cluster.create(cr_manifest("jobs", uri, jobs={"enabled": True}, networkPolicy={"enabled": True}))
+
+    def degraded() -> dict[str, Any]:
+        cond = cluster.condition("jobs", "Degraded")
+        return cond if cond.get("status") == "True" else {}
+
+    await eventually(lambda: degraded().get("reason") == "JobsNeedRedis", message="JobsNeedRedis")
+    message = degraded()["message"]
+    assert "needs spec.redis.urlSecret" in message and "up to 3 replicas" in message
+    assert cluster.deployment("jobs") is None and cluster.status("jobs")["phase"] == "Degraded"
+    assert cluster.emu.stored("v1/configmaps", NS, naming.configmap_name("jobs")) is None  # nothing half-made
+    await eventually(lambda: cluster.events("JobsNeedRedis"), message="event")
+
+    await cluster.patch_spec("jobs", {"redis": {"urlSecret": "redis-url"}})
+    await eventually(lambda: degraded().get("reason") == "SecretNotFound", message="SecretNotFound")
+    assert "redis-url (redis.urlSecret)" in degraded()["message"]
+
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis-url", "namespace": NS},
+              "stringData": {"url": "rediss://:pw@redis.data.svc:6380/0"}}
+    resp = await cluster.http.post(f"/api/v1/namespaces/{NS}/secrets", json=secret)
+    assert resp.status == 201, await resp.text()
+    dep = await eventually(lambda: cluster.deployment("jobs"), message="reconciled once Redis is named")
+    await eventually(lambda: not degraded(), message="Degraded cleared")
+    pod = dep["spec"]["template"]["spec"]
+    assert {"name": "redis", "secret": {"secretName": "redis-url", "items": [{"key": "url", "path": "url"}],
+                                        "defaultMode": 0o440}} in pod["volumes"]
+    assert cluster.emu.stored("networking.k8s.io/v1/networkpolicies", NS, "jobs") is not None
+    first_hash = dep["spec"]["template"]["metadata"]["annotations"]["deepdetect.io/secret-hash"]
+    resp = await cluster.http.patch(f"/api/v1/namespaces/{NS}/secrets/redis-url", headers=MERGE,
+                                    json={"stringData": {"url": "rediss://:rotated@redis.data.svc:6380/0"}})
+    assert resp.status == 200
+    await cluster.patch_spec("jobs", {"cache": {"ttlSeconds": 60}})  # any trigger: a pass re-reads Secrets
+    await eventually(lambda: cluster.deployment("jobs")["spec"]["template"]["metadata"]["annotations"]
+                     ["deepdetect.io/secret-hash"] != first_hash, message="a new Redis URL rolls the pods")

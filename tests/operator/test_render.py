@@ -22,6 +22,7 @@ from deepdetect_operator.api import API_VERSION, KIND, DeepDetectServiceSpec, pa
 from deepdetect_operator.render import (
     API_KEY_PATH,
     CHECKPOINT_PATH,
+    SAMPLES_PATH,
     RenderInputs,
     build_deployment,
     config_hash,
@@ -136,6 +137,17 @@ CASES: dict[str, RenderInputs] = {
         ),
         checkpoint_digest="etag:abc",
     ),
+    "int8-samples": inputs(
+        spec=spec_of(
+            model={
+                "precision": "int8",
+                "runtime": "onnxruntime",
+                "samples": {"uri": "s3://bucket/samples.safetensors", "sha256": HEX},
+                "checkpoint": {"uri": "s3://bucket/b4.safetensors", "credentialsSecret": "s3-creds"},
+            },
+            resources={"gpus": 0},
+        )
+    ),
     "long-name": inputs(name=LONG_NAME),
     "dotted-digit-name": inputs(name="2024.faces.v1"),
     "service-monitor": inputs(
@@ -161,6 +173,26 @@ CASES: dict[str, RenderInputs] = {
             },
             service={"type": "LoadBalancer", "port": 8443},
         )
+    ),
+    "jobs-redis-limits-netpol": inputs(
+        spec=spec_of(
+            redis={"urlSecret": "redis-url", "caKey": "ca.crt", "port": 6380},
+            jobs={"enabled": True, "concurrency": 2, "leaseSeconds": 20,
+                  "callbacks": {"allowedHosts": ["hooks.acme.io", "*.example.com"], "secretName": "hooks"}},
+            cache={"scope": "global", "ttlSeconds": 600},
+            rateLimits={"requests": "10/second;600/minute", "media": "6000/minute",
+                        "tenants": {"vip": {"requests": "100/second"}, "trial": {"media": "100/hour"}}},
+            networkPolicy={"enabled": True,
+                           "ingressFrom": [{"namespaceSelector": {"matchLabels": {"team": "trust"}}},
+                                           {"podSelector": {"matchLabels": {"app": "gateway"}}}],
+                           "redisTo": [{"namespaceSelector": {"matchLabels": {
+                               "kubernetes.io/metadata.name": "data"}}}]},
+        )
+    ),
+    "jobs-single-replica-no-redis": inputs(
+        spec=spec_of(jobs={"enabled": True}, autoscaling={"enabled": False}, replicas=1,
+                     networkPolicy={"enabled": True},
+                     model={"checkpoint": {"uri": "pvc://models/b4/model.safetensors", "sha256": HEX}})
     ),
 }
 IDS = list(CASES)
@@ -243,10 +275,31 @@ def test_config_yaml_loads_in_server_settings(inp: RenderInputs, tmp_path: Path)
     assert settings.max_upload_mb == spec.server.max_upload_mb
     assert settings.auth_mode == spec.auth.mode
     assert settings.port == 8080 and settings.device == "auto"
+    assert settings.runtime == spec.model.runtime
+    assert settings.runtime_cache_dir is not None and str(settings.runtime_cache_dir).startswith("/tmp/")
+    if spec.model.samples is not None:
+        assert str(settings.samples) == SAMPLES_PATH
+    else:
+        assert settings.samples is None
     if spec.auth.mode == "apiKey":
         assert str(settings.api_key_file) == API_KEY_PATH
     else:
         assert settings.api_key_file is None
+    assert settings.jobs_enabled == spec.jobs.enabled
+    assert settings.jobs_lease_s == spec.jobs.lease_seconds
+    assert settings.jobs_concurrency == spec.jobs.concurrency
+    assert settings.jobs_result_ttl_s == spec.jobs.result_ttl_seconds
+    assert settings.cache_enabled == spec.cache.enabled and settings.cache_scope == spec.cache.scope
+    assert settings.rate_limit_requests == spec.rate_limits.requests
+    assert settings.rate_limit_media == spec.rate_limits.media
+    assert {n: t.model_dump() for n, t in settings.rate_limit_tenants.items()} == {
+        n: t.model_dump() for n, t in spec.rate_limits.tenants.items()}
+    if spec.redis.url_secret:
+        assert str(settings.redis_url_file) == "/var/run/deepdetect/redis/url"
+        assert settings.redis_key_prefix == f"deepdetect:trust-safety/{inp.name}"
+    else:
+        assert settings.redis_url_file is None and settings.redis_key_prefix == ""
+    assert settings.callback_allowed_hosts == (spec.jobs.callbacks.allowed_hosts if spec.jobs.enabled else [])
 
 
 def test_config_keys_are_server_settings_fields() -> None:
@@ -522,3 +575,78 @@ def test_output_does_not_alias_the_spec() -> None:
             pod["affinity"].clear()
             pod["tolerations"][0]["key"] = "mutated"
     assert inp.spec.model_dump() == before
+
+
+def _pod(inp: RenderInputs) -> dict[str, Any]:
+    return by_kind(render_children(inp))["Deployment"]["spec"]["template"]["spec"]
+
+
+def test_redis_and_callback_secrets_are_mounted_read_only() -> None:
+    pod = _pod(CASES["jobs-redis-limits-netpol"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["redis"]["secret"] == {"secretName": "redis-url", "defaultMode": 0o440, "items": [
+        {"key": "url", "path": "url"}, {"key": "ca.crt", "path": "ca.crt"}]}
+    assert volumes["callbacks"]["secret"]["secretName"] == "hooks"
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["redis"] == {"name": "redis", "mountPath": "/var/run/deepdetect/redis", "readOnly": True}
+    assert mounts["callbacks"]["readOnly"] is True
+    assert "redis" not in {v["name"] for v in _pod(inputs())["volumes"]}
+    config = render_server_config(CASES["jobs-redis-limits-netpol"])
+    assert config["redis_ca_file"] == "/var/run/deepdetect/redis/ca.crt"
+    assert config["callback_secret_file"] == "/var/run/deepdetect/callbacks/secrets"
+    text = yaml.safe_dump(config)
+    assert "redis://" not in text and "rediss://" not in text  # the URL stays in its Secret
+
+
+def test_network_policy_fences_ingress_and_egress() -> None:
+    policy = by_kind(render_children(CASES["jobs-redis-limits-netpol"]))["NetworkPolicy"]["spec"]
+    assert policy["podSelector"] == {"matchLabels": naming.selector_labels("faces")}
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    api, scrape = policy["ingress"]
+    assert api["from"] == [{"namespaceSelector": {"matchLabels": {"team": "trust"}}},
+                           {"podSelector": {"matchLabels": {"app": "gateway"}}}]
+    assert api["ports"] == scrape["ports"] == [{"protocol": "TCP", "port": 8080}]
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    assert scrape["from"] == [{"namespaceSelector": {"matchLabels": monitoring}}]
+    dns, redis, store, callbacks = policy["egress"]
+    assert dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert redis == {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "data"}}}],
+                     "ports": [{"protocol": "TCP", "port": 6380}]}
+    assert store == {"ports": [{"protocol": "TCP", "port": 443}]}  # https checkpoint, no peers named
+    assert callbacks["ports"] == [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 80}]
+
+
+def test_network_policy_opens_only_what_the_spec_uses() -> None:
+    policy = by_kind(render_children(CASES["jobs-single-replica-no-redis"]))["NetworkPolicy"]["spec"]
+    assert len(policy["ingress"]) == 1  # no ingressFrom: only the scraper may connect
+    assert [rule["ports"][0]["port"] for rule in policy["egress"]] == [53]  # pvc://: no store, no Redis
+    s3 = inputs(spec=spec_of(networkPolicy={"enabled": True}, model={"checkpoint": {
+        "uri": "s3://bucket/b4.safetensors", "s3Endpoint": "http://minio.storage.svc:9000"}}))
+    egress = by_kind(render_children(s3))["NetworkPolicy"]["spec"]["egress"]
+    assert egress[-1] == {"ports": [{"protocol": "TCP", "port": 9000}]}
+    assert "NetworkPolicy" not in by_kind(render_children(inputs()))
+
+
+def test_jobs_need_redis_only_with_several_replicas() -> None:
+    from deepdetect_operator.api import jobs_need_redis
+
+    assert jobs_need_redis(spec_of(jobs={"enabled": True})) is not None  # the HPA may scale to 8
+    assert jobs_need_redis(spec_of(jobs={"enabled": True}, autoscaling={"maxReplicas": 1})) is None
+    one = spec_of(jobs={"enabled": True}, autoscaling={"enabled": False}, replicas=1)
+    assert jobs_need_redis(one) is None
+    assert jobs_need_redis(spec_of(jobs={"enabled": True}, redis={"urlSecret": "r"})) is None
+    assert jobs_need_redis(spec_of()) is None  # jobs off (the default)
+
+
+def test_int8_samples_are_fetched_and_verified_by_a_second_init_container() -> None:
+    deployment = by_kind(render_children(CASES["int8-samples"]))["Deployment"]
+    init = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert [c["name"] for c in init] == ["fetch", "fetch-samples"]
+    samples = init[1]
+    assert samples["command"] == ["deepdetect-server", "fetch", "--uri", "s3://bucket/samples.safetensors",
+                                  "--sha256", HEX, "--dest", SAMPLES_PATH]
+    # The same credentials as the checkpoint: one bucket, one secret.
+    assert samples["env"] == init[0]["env"]
+    plain = by_kind(render_children(CASES["cpu-only"]))["Deployment"]
+    assert [c["name"] for c in plain["spec"]["template"]["spec"]["initContainers"]] == ["fetch"]

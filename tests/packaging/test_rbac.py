@@ -44,6 +44,7 @@ EXPECTED_CALLS: dict[tuple[str, str], set[str]] = {
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "create", "patch", "delete"},
     ("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
     ("", "secrets"): {"get", "create"},
     ("", "pods"): {"list", "watch"},
     ("", "events"): {"create"},
@@ -59,6 +60,7 @@ KIND_TO_RESOURCE = {
     "HorizontalPodAutoscaler": ("autoscaling", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
     "ServiceMonitor": ("monitoring.coreos.com", "servicemonitors"),
+    "NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
 }
 
 
@@ -345,6 +347,7 @@ async def run_operator_lifecycle(tmp_path: Path) -> set[tuple[str, str, str]]:
                     "resources": {"gpus": 0, "cpu": "1", "memory": "1Gi"},
                     "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3},
                     "monitoring": {"serviceMonitor": True},
+                    "networkPolicy": {"enabled": True},
                 }
                 cr = {"apiVersion": "deepdetect.io/v1alpha1", "kind": "DeepDetectService",
                       "metadata": {"name": name, "namespace": ns}, "spec": spec}
@@ -354,12 +357,14 @@ async def run_operator_lifecycle(tmp_path: Path) -> set[tuple[str, str, str]]:
                 await until(lambda: phase() == "Ready", "Ready")
                 checkpoint.write_bytes(b"second checkpoint bytes, different digest")
                 patch = {"spec": {"autoscaling": {"enabled": False}, "monitoring": {"serviceMonitor": False},
-                                  "replicas": 2}}
+                                  "networkPolicy": {"enabled": False}, "replicas": 2}}
                 resp = await http.patch(f"{cr_url}/{name}", json=patch,
                                         headers={"Content-Type": "application/merge-patch+json"})
                 assert resp.status == 200
                 await until(lambda: emu.stored("autoscaling/v2/horizontalpodautoscalers", ns, name) is None,
                             "HPA deleted")
+                await until(lambda: emu.stored("networking.k8s.io/v1/networkpolicies", ns, name) is None,
+                            "NetworkPolicy deleted")
                 await set_deployment_status(available=False)
                 await until(lambda: phase() in ("Degraded", "Failed"), "rollout failure noticed")
                 assert (await http.delete(f"{cr_url}/{name}")).status == 200

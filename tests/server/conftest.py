@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 from deepdetect_server.config import ServerSettings
-from server_helpers import ThreadedServer, jpeg, make_checkpoint
+from server_helpers import RedisProcess, ThreadedServer, jpeg, make_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +59,17 @@ def start_server(checkpoint: Path):  # -> Callable[..., Iterator[ThreadedServer]
     yield start
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server():  # -> Iterator[RedisProcess]
+    """One real redis-server for the session; tests keep apart by key prefix (`redis_prefix`)."""
+    proc = RedisProcess().start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def redis_prefix(request: pytest.FixtureRequest) -> str:
+    name = re.sub(r"[^\w.-]", "_", request.node.name)[:80]  # a valid prefix: no spaces or braces
+    return f"test:{name}:{uuid.uuid4().hex[:8]}"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +41,16 @@ def encode(arr: np.ndarray, fmt: str, **kw: object) -> bytes:
 def make_checkpoint(path: Path, input_size: int = 160, **card: object) -> Path:
     create_checkpoint(path, card_for_architecture(ARCH, input_size, **card))
     return path
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples whose labels include `labels` (0 when absent)."""
+    total = 0.0
+    for m in re.finditer(rf"^{re.escape(name)}(\{{[^}}]*\}})? ([0-9.eE+-]+)$", text, re.MULTILINE):
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
 
 
 def free_socket() -> socket.socket:
@@ -93,3 +105,70 @@ def server_fixture(settings: ServerSettings) -> Iterator[ThreadedServer]:
     finally:
         srv.stop()
 
+
+
+class RedisProcess:
+    """A real `redis-server` of our own on a free loopback port; stop and start it again on the same port.
+
+    `persist_dir` turns on the append-only file there, so a restart keeps what was written (as a
+    production Redis that holds jobs must). `tls` = (cert, key, CA) files serves TLS only (rediss://);
+    `password` sets requirepass."""
+
+    def __init__(self, persist_dir: Path | None = None, tls: tuple[Path, Path, Path] | None = None,
+                 password: str | None = None) -> None:
+        import shutil
+
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise RuntimeError("redis-server not found: apt-get install redis-server (.ci/run installs it)")
+        self.port = free_port()
+        self.persist_dir = persist_dir
+        self.tls = tls
+        self.password = password
+        auth = f":{password}@" if password else ""
+        self.url = f"{'rediss' if tls else 'redis'}://{auth}127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> RedisProcess:
+        assert self.binary is not None
+        args = [self.binary, "--bind", "127.0.0.1", "--save", "", "--daemonize", "no",
+                "--loglevel", "warning"]
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
+        else:
+            args += ["--port", str(self.port)]
+        if self.password:
+            args += ["--requirepass", self.password]
+        if self.persist_dir is not None:
+            args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.persist_dir)]
+        else:
+            args += ["--appendonly", "no"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ping():
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not answer PING")
+
+    def ping(self) -> bool:
+        import redis
+
+        options = {"ssl_ca_certs": str(self.tls[2])} if self.tls else {}
+        client = redis.Redis.from_url(self.url, socket_timeout=0.5, socket_connect_timeout=0.5, **options)
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None

@@ -33,7 +33,8 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     settings = ServerSettings(checkpoint=checkpoint, device="cpu", host="127.0.0.1", auth_mode="apiKey",
                               api_key_file=keys, max_upload_mb=UPLOAD_MB, max_image_pixels=1_000_000,
                               max_batch_size=8, max_delay_ms=10, max_batch_inputs=16, decode_workers=2,
-                              shutdown_drain_s=0, shutdown_grace_s=5)
+                              shutdown_drain_s=0, shutdown_grace_s=5,
+                              cache_enabled=False)  # these tests count batches: every image reaches the model
     srv = ThreadedServer(settings).start()
     yield srv
     srv.stop()
@@ -279,7 +280,8 @@ def test_v2_infer_unknown_model_bad_json_and_auth(client: httpx.Client) -> None:
 
 
 CONTRACT = ["requests_total", "request_duration_seconds", "queue_depth", "queue_wait_seconds", "batch_size",
-            "inference_seconds", "predictions_total", "model_info", "model_ready", "inflight_requests"]
+            "inference_seconds", "predictions_total", "model_info", "runtime_info", "model_ready",
+            "inflight_requests"]
 
 
 def test_metrics_scrape_has_the_contract_names(client: httpx.Client, photos: dict[str, bytes]) -> None:
@@ -290,6 +292,8 @@ def test_metrics_scrape_has_the_contract_names(client: httpx.Client, photos: dic
     assert metric(text, "deepdetect_model_ready") == 1
     assert metric(text, "deepdetect_requests_total", route="/v1/detect", status="200") >= 1
     assert 'architecture="test_efficientnet"' in text
+    info = r'^deepdetect_runtime_info\{precision="fp32",runtime="(torch|onnxruntime)",threads="\d+"\} 1'
+    assert re.search(info, text, re.M), text
     assert metric(text, "deepdetect_predictions_total") >= 1
     assert "gpu_memory_bytes{" not in text  # CUDA only
     assert "/no/such/route" not in text  # raw paths never become labels

@@ -34,8 +34,9 @@ async def _burst(url: str, image: bytes, n: int) -> tuple[list[httpx.Response], 
 def test_full_queue_answers_503_with_retry_after_while_ready_stays_200(
     start_server, slow_checkpoint: Path, photo_arrays
 ) -> None:
-    srv = start_server(checkpoint=slow_checkpoint, max_queue=2, max_batch_size=1, max_delay_ms=0,
-                       decode_workers=1)
+    # One image sent 40 times: without the cache, each copy must reach the queue.
+    srv = start_server(checkpoint=slow_checkpoint, cache_enabled=False, max_queue=2, max_batch_size=1,
+                       max_delay_ms=0, decode_workers=1)
     image = jpeg(photo_arrays["astronaut"])
     responses, probes = asyncio.run(_burst(srv.url, image, 40))
     statuses = [r.status_code for r in responses]
@@ -48,7 +49,7 @@ def test_full_queue_answers_503_with_retry_after_while_ready_stays_200(
 
 
 def test_missed_deadline_answers_503_and_the_server_recovers(start_server, photos) -> None:
-    srv = start_server(request_timeout_s=0.001)
+    srv = start_server(request_timeout_s=0.001, cache_enabled=False)
     resp = httpx.post(f"{srv.url}/v1/detect", content=photos["astronaut"], timeout=30)
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
     assert "longer than" in resp.json()["error"]

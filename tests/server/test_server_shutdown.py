@@ -56,7 +56,8 @@ def test_sigterm_under_load_loses_no_accepted_request(checkpoint: Path, tmp_path
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "DEEPDETECT_SHUTDOWN_DRAIN_S": "1.0", "DEEPDETECT_SHUTDOWN_GRACE_S": str(GRACE_S),
            "DEEPDETECT_MAX_BATCH_SIZE": "4", "DEEPDETECT_AUTH_MODE": "apiKey",
-           "DEEPDETECT_API_KEY_FILE": str(keys), "DEEPDETECT_DECODE_WORKERS": "2"}
+           "DEEPDETECT_API_KEY_FILE": str(keys), "DEEPDETECT_DECODE_WORKERS": "2",
+           "DEEPDETECT_CACHE_ENABLED": "false"}  # repeated images must each reach the model
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -116,7 +117,8 @@ def test_backlog_longer_than_the_grace_period_still_exits_in_time(tmp_path: Path
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "DEEPDETECT_SHUTDOWN_DRAIN_S": "0.5", "DEEPDETECT_SHUTDOWN_GRACE_S": str(grace),
-           "DEEPDETECT_MAX_BATCH_SIZE": "2", "DEEPDETECT_DECODE_WORKERS": "1", "DEEPDETECT_MAX_QUEUE": "1000"}
+           "DEEPDETECT_MAX_BATCH_SIZE": "2", "DEEPDETECT_DECODE_WORKERS": "1", "DEEPDETECT_MAX_QUEUE": "1000",
+           "DEEPDETECT_CACHE_ENABLED": "false"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "deepdetect_server.cli", "serve", "--checkpoint", str(slow),
          "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"], stderr=subprocess.DEVNULL, env=env)

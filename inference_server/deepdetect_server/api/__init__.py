@@ -1,7 +1,8 @@
 """HTTP edge: thin FastAPI routes over the core, and the one place errors become statuses.
 
-`register_routes(app, core)` attaches every route; `install_error_handlers(app)` maps our exceptions through
-`errors.HTTP_STATUS` to `{"error": msg}` bodies (the v2 protocol's error shape, used by v1 too).
+`register_routes(app, core, services)` attaches every route; `install_error_handlers(app)` maps our
+exceptions through `errors.HTTP_STATUS` to `{"error": msg}` bodies (the v2 protocol's error shape, used by
+v1 too). `authorize` is how every authenticated route learns its tenant.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core import Core
 from ..errors import DeepDetectError, headers_for, status_for
-from . import health, metrics, v1, v2
+from ..services import Services
+from . import health, jobs, metrics, v1, v2
 
 log = logging.getLogger("deepdetect.api")
 
 
-def register_routes(app: FastAPI, core: Core) -> None:
+def register_routes(app: FastAPI, core: Core, services: Services) -> None:
     health.register(app, core)
-    v1.register(app, core)
-    v2.register(app, core)
+    v1.register(app, core, services)
+    jobs.register(app, core, services)
+    v2.register(app, core, services)
     metrics.register(app, core)
 
 

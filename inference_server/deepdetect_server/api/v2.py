@@ -23,6 +23,8 @@ from fastapi.responses import JSONResponse, Response
 
 from ..core import Core, Prediction
 from ..errors import BadRequest
+from ..services import Services
+from .tenancy import authorize
 
 HEADER_LENGTH = "inference-header-content-length"
 OUTPUTS = ("score", "label")
@@ -167,30 +169,34 @@ def build_response(
                     headers={"Inference-Header-Content-Length": str(len(header))})
 
 
-def register(app: FastAPI, core: Core) -> None:
+def register(app: FastAPI, core: Core, services: Services) -> None:
     @app.get("/v2")
     async def server_metadata() -> JSONResponse:
-        return JSONResponse(core.server_metadata())
+        return JSONResponse({**core.server_metadata(), **services.metadata()})
 
     @app.get("/v2/models/{name}")
     async def model_metadata(name: str, request: Request) -> JSONResponse:
-        core.authorize(request.headers.get("authorization"))
+        authorize(request, core)
         core.check_model(name)
         return JSONResponse(core.model_metadata())
 
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_version_metadata(name: str, version: str, request: Request) -> JSONResponse:
-        core.authorize(request.headers.get("authorization"))
+        authorize(request, core)
         core.check_model(name, version)
         return JSONResponse(core.model_metadata())
 
     async def infer(name: str, version: str | None, request: Request) -> Response:
-        core.authorize(request.headers.get("authorization"))
+        tenant = authorize(request, core)
         core.check_model(name, version)
+        if services.limiter is not None:
+            await services.limiter.admit(tenant)
         body = await request.body()
         # JSON + base64 of a large batch takes milliseconds: parse off the event loop.
         infer_request, outputs, images = await asyncio.to_thread(
             parse_request, body, request.headers.get(HEADER_LENGTH), core.settings.max_batch_inputs)
+        if services.limiter is not None:
+            await services.limiter.charge_media(tenant, len(images))
         preds = await core.predict(images)
         return build_response(core, infer_request, preds, outputs)
 
