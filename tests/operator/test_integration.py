@@ -469,25 +469,26 @@ async def test_jobs_on_several_replicas_need_redis(cluster: Cluster, checkpoint:
     message = degraded()["message"]
     assert "needs spec.redis.urlSecret" in message and "up to 3 replicas" in message
     assert cluster.deployment("jobs") is None and cluster.status("jobs")["phase"] == "Degraded"
-    assert cluster.emu.stored("v1/configmaps", NS, naming.configmap_name("jobs")) is None  # nothing half-made
+    assert cluster.get("v1/configmaps", naming.configmap_name("jobs")) is None  # nothing half-made
     await eventually(lambda: cluster.events("JobsNeedRedis"), message="event")
 
     await cluster.patch_spec("jobs", {"redis": {"urlSecret": "redis-url"}})
     await eventually(lambda: degraded().get("reason") == "SecretNotFound", message="SecretNotFound")
     assert "redis-url (redis.urlSecret)" in degraded()["message"]
 
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis-url", "namespace": NS},
+    meta = {"name": "redis-url", "namespace": cluster.ns}
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": meta,
               "stringData": {"url": "rediss://:pw@redis.data.svc:6380/0"}}
-    resp = await cluster.http.post(f"/api/v1/namespaces/{NS}/secrets", json=secret)
+    resp = await cluster.http.post(f"/api/v1/namespaces/{cluster.ns}/secrets", json=secret)
     assert resp.status == 201, await resp.text()
     dep = await eventually(lambda: cluster.deployment("jobs"), message="reconciled once Redis is named")
     await eventually(lambda: not degraded(), message="Degraded cleared")
     pod = dep["spec"]["template"]["spec"]
     assert {"name": "redis", "secret": {"secretName": "redis-url", "items": [{"key": "url", "path": "url"}],
                                         "defaultMode": 0o440}} in pod["volumes"]
-    assert cluster.emu.stored("networking.k8s.io/v1/networkpolicies", NS, "jobs") is not None
+    assert cluster.get("networking.k8s.io/v1/networkpolicies", "jobs") is not None
     first_hash = dep["spec"]["template"]["metadata"]["annotations"]["deepdetect.io/secret-hash"]
-    resp = await cluster.http.patch(f"/api/v1/namespaces/{NS}/secrets/redis-url", headers=MERGE,
+    resp = await cluster.http.patch(f"/api/v1/namespaces/{cluster.ns}/secrets/redis-url", headers=MERGE,
                                     json={"stringData": {"url": "rediss://:rotated@redis.data.svc:6380/0"}})
     assert resp.status == 200
     await cluster.patch_spec("jobs", {"cache": {"ttlSeconds": 60}})  # any trigger: a pass re-reads Secrets
