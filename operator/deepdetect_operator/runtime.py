@@ -24,6 +24,7 @@ from deepdetect_operator.metrics import OperatorMetrics
 from deepdetect_operator.reconcile import OperatorConfig, Reconciler
 
 FINALIZER = f"{GROUP}/finalizer"
+TIMER_EXIT_POLL_S = 1.0  # how often kopf re-checks a resync timer that must exit before a deletion
 
 
 def _env_list(name: str) -> list[str]:
@@ -124,6 +125,9 @@ def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.watching.connect_timeout = config.watch_connect_timeout_s
     settings.networking.request_timeout = config.request_timeout_s
     settings.networking.connect_timeout = config.watch_connect_timeout_s
+    # On deletion kopf keeps the finalizer until the resync timer has exited; a timer caught mid-pass (a
+    # slow checkpoint resolve) is re-checked after this long (kopf's default 60 s held `kubectl delete`).
+    settings.background.cancellation_polling = TIMER_EXIT_POLL_S
     # Only our children and pods: the API server filters, the operator never sees the rest of the cluster.
     managed = "app.kubernetes.io/managed-by=deepdetect-operator"
     settings.watching.label_selectors["apps", "deployments"] = managed

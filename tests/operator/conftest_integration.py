@@ -469,13 +469,26 @@ def _skip_unsupported(request: pytest.FixtureRequest, backend: str, controllers:
         pytest.skip(f"needs kube-controller-manager ({where}): {needs.kwargs.get('reason', '')}")
 
 
-async def _delete_crs(cluster: Cluster, within: float) -> None:
-    """Delete the test's CRs while the operator runs (its finalizer goes, kopf stops their timers)."""
+async def _delete_crs(cluster: Cluster, within: float) -> list[str]:
+    """Delete the test's CRs while the operator runs (its finalizer goes, kopf stops their timers).
+    Returns the names still there after `within` seconds."""
     for cr in cluster.backend.list(CRS, cluster.ns):
         with contextlib.suppress(AssertionError):
             await cluster.delete(cr["metadata"]["name"])
     with contextlib.suppress(AssertionError):
         await eventually(lambda: not cluster.backend.list(CRS, cluster.ns), within=within)
+    return [cr["metadata"]["name"] for cr in cluster.backend.list(CRS, cluster.ns)]
+
+
+async def _release(cluster: Cluster, left: list[str], within: float) -> None:
+    """After the operator stopped: drop the finalizers it failed to remove (so the namespace can go),
+    then fail the test, since `kubectl delete` would have hung the same way for a user."""
+    if not left:
+        return
+    for name in left:
+        with contextlib.suppress(AssertionError):
+            await cluster.edit(CRS, name, {"metadata": {"finalizers": None}})
+    raise AssertionError(f"the operator did not release {left} within {within}s of their deletion")
 
 
 @contextlib.asynccontextmanager
@@ -491,7 +504,10 @@ async def _emulator_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
             async with aiohttp.ClientSession(base_url=url) as http:
                 cluster = Cluster(backend=backend, http=http, memo=memo, config=FAST)
                 yield cluster
-                await _delete_crs(cluster, within=5)
+                left = await _delete_crs(cluster, within=10)
+                stop.set()
+                await asyncio.to_thread(thread.join, 15)
+                await _release(cluster, left, within=10)
         finally:
             stop.set()
             await asyncio.to_thread(thread.join, 15)
@@ -523,7 +539,10 @@ async def existing_cluster(
             ) as http:
                 cluster = Cluster(backend=backend, http=http, memo=memo, config=config, ns=ns)
                 yield cluster
-                await _delete_crs(cluster, within=30)
+                left = await _delete_crs(cluster, within=30)
+                stop.set()
+                await asyncio.to_thread(thread.join, 15)
+                await _release(cluster, left, within=30)
         finally:
             stop.set()
             await asyncio.to_thread(thread.join, 15)

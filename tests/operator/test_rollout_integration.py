@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -31,6 +32,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, body: bool) -> None:
         srv = self.server
+        srv.in_flight.set()
+        try:
+            time.sleep(srv.delay_s)
+            self._answer(srv, body)
+        finally:
+            srv.in_flight.clear()
+
+    def _answer(self, srv: CheckpointServer, body: bool) -> None:
         if srv.fail_status:
             self.send_error(srv.fail_status)
             return
@@ -63,6 +72,8 @@ class CheckpointServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.files: dict[str, bytes] = {}
         self.fail_status = 0
+        self.delay_s = 0.0  # a slow object store: each answer waits this long
+        self.in_flight = threading.Event()  # set while a request is being answered
 
     @property
     def url(self) -> str:
@@ -212,3 +223,21 @@ async def test_sha256_pin_change_rolls_at_once(cluster: Cluster, http_checkpoint
     await eventually(lambda: template_digest(cluster, "faces") == f"sha256:{pin}", message="pin rolled")
     fetch = cluster.deployment("faces")["spec"]["template"]["spec"]["initContainers"][0]
     assert fetch["command"][fetch["command"].index("--sha256") + 1] == pin
+
+
+@pytest.mark.timeout(60)
+async def test_delete_while_a_resync_tick_resolves_completes_in_seconds(
+    cluster: Cluster, http_checkpoint: CheckpointServer
+) -> None:
+    """`kubectl delete` while the per-CR timer is mid-pass (resolving a slow checkpoint): kopf removes the
+    finalizer only once the timer has exited, and by default re-checks an exiting timer every 60 s, so the
+    CR (and, on a real cluster, its namespace) used to hang for a minute. The operator polls every second."""
+    http_checkpoint.publish(b"checkpoint v1")
+    await cluster.create(polled_cr("faces", http_checkpoint.url))
+    await eventually(lambda: cluster.status("faces").get("phase"), message="first status")
+    http_checkpoint.delay_s = 2.0  # under the resolver's timeout: the tick's pass just takes a while
+    await eventually(http_checkpoint.in_flight.is_set, message="a resync tick resolving the checkpoint")
+    started = time.monotonic()
+    await cluster.delete("faces")
+    await eventually(lambda: cluster.cr("faces") is None, within=20, message="the CR gone")
+    assert time.monotonic() - started < 10
