@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -56,10 +57,19 @@ def test_access_log_names_the_tenant_never_the_key(start_server, tmp_path: Path,
     keys = tmp_path / "api-key"
     keys.write_text("acme:acme-secret-key\n")
     srv = start_server(auth_mode="apiKey", api_key_file=keys)
+
+    def detect_lines() -> list[dict[str, Any]]:
+        access = [r for r in caplog.records if r.name == "deepdetect.access"]
+        lines = [json.loads(JsonFormatter().format(r)) for r in access]
+        return [line for line in lines if line["route"] == "/v1/detect"]
+
     with caplog.at_level(logging.INFO, logger="deepdetect"):
         assert status(srv.url, "acme-secret-key", photos["rocket"]) == 200
         assert status(srv.url, "wrong-key", photos["rocket"]) == 401
-    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name == "deepdetect.access"]
-    detect = [line for line in lines if line["route"] == "/v1/detect"]
+        # The access line is written after the response is sent: the client can be faster than the log.
+        deadline = time.monotonic() + 5
+        while len(detect_lines()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    detect = detect_lines()
     assert [(line["status"], line.get("tenant")) for line in detect] == [(200, "acme"), (401, None)]
     assert "acme-secret-key" not in caplog.text and "wrong-key" not in caplog.text
