@@ -6,6 +6,7 @@ On SIGTERM, in order (uvicorn's `Server.shutdown` does steps 3-4; we add 1-2 in 
    not have noticed yet);
 3. stop accepting, let accepted requests finish within what is left of `shutdown_grace_s`;
 4. lifespan shutdown: batcher, threads and model are released. A second signal skips to the end.
+A watchdog started by the first signal ends the process (exit code 4) if all this overruns the grace.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -32,6 +34,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("deepdetect.serve")
 
 STARTUP_FAILED = 3
+DEADLINE_MISSED = 4
+_WATCHDOG_SLACK_S = 0.3
+
+
+def _hard_exit(grace_s: float) -> None:
+    """The last resort of the shutdown contract: whatever still runs (a forward pass on a starved CPU, a
+    stuck worker), the process is gone within the grace period it promised, before the kubelet's SIGKILL."""
+    log.error("shutdown grace period exceeded: exiting now", extra={"grace_s": grace_s})
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(DEADLINE_MISSED)
 
 
 class GracefulServer(uvicorn.Server):
@@ -49,6 +63,9 @@ class GracefulServer(uvicorn.Server):
             # Runs in the signal handler: only flip flags, the main loop's tick does the rest.
             self.drain_started = time.monotonic()
             self.core.begin_drain(exit_by=self.drain_started + self.grace_s)
+            watchdog = threading.Timer(self.grace_s + _WATCHDOG_SLACK_S, _hard_exit, args=(self.grace_s,))
+            watchdog.daemon = True
+            watchdog.start()
             return
         self.should_exit = True  # second signal: stop draining, shut down now
 

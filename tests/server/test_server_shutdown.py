@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from deepdetect_server.serve import DEADLINE_MISSED
 from server_helpers import free_port, jpeg
 
 pytestmark = pytest.mark.timeout(120)
@@ -146,7 +147,9 @@ def test_backlog_longer_than_the_grace_period_still_exits_in_time(tmp_path: Path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert code == 0 and exit_s < grace + 0.5  # interpreter exit is the only slack
+    # 0: everything accepted was answered or refused in time; 4: the watchdog ended work that overran the
+    # grace (a starved CPU mid-forward). Either way the process is gone on time.
+    assert code in (0, DEADLINE_MISSED) and exit_s < grace + 0.5
     ok = [o for o in outcomes if isinstance(o, httpx.Response) and o.status_code == 200]
     refused = [o for o in outcomes if isinstance(o, httpx.Response) and o.status_code == 503]
     dropped = [o for o in outcomes if isinstance(o, httpx.TransportError)]
