@@ -112,7 +112,8 @@ class Core:
         sizes = (1, s.max_batch_size) if self.detector.device_type == "cuda" else (1,)
         warm_s = await asyncio.to_thread(self.detector.warmup, s.warmup_batches, sizes)
         if s.video_enabled:
-            self.video_workers = DecodeWorkers(s.video_workers, s.video_worker_memory_mb)
+            self.video_workers = DecodeWorkers(s.video_workers, s.video_worker_memory_mb,
+                                               on_replace=self.metrics.decode_workers_replaced.inc)
             await self.video_workers.start()
         self._batcher = Batcher(self.detector.predict, max_batch_size=s.max_batch_size,
                                 max_delay_ms=s.max_delay_ms, max_queue=s.max_queue, observer=self.metrics)
@@ -191,8 +192,9 @@ class Core:
         if not self.settings.video_enabled:
             raise UnsupportedMediaType("video is not enabled on this server (video_enabled: false)")
         if len(data) > self.settings.max_video_bytes:
-            raise MediaTooLarge(f"video is {len(data)} bytes, over the limit of {self.settings.max_video_bytes}"
-                                " (max_video_mb): refused before opening")
+            limit = self.settings.max_video_bytes
+            raise MediaTooLarge(f"video is {len(data)} bytes, over the limit of {limit} (max_video_mb): "
+                                "refused before opening")
         return "video", fmt
 
     def check_media(self, data: bytes) -> None:

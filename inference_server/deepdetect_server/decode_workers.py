@@ -83,8 +83,10 @@ class _Worker:
 class DecodeWorkers:
     """`await run(job, timeout_s)` on an idle worker; a worker past its deadline or dead is replaced."""
 
-    def __init__(self, size: int, memory_mb: int) -> None:
+    def __init__(self, size: int, memory_mb: int, on_replace: Callable[[], None] = lambda: None) -> None:
         self.size = size
+        self.on_replace = on_replace
+        self.busy: set[int] = set()  # pids of workers serving a job now
         self.memory_mb = memory_mb
         self._ctx = multiprocessing.get_context("spawn")
         self._idle: asyncio.Queue[_Worker] | None = None
@@ -108,6 +110,7 @@ class DecodeWorkers:
         assert self._idle is not None, "start() first"
         worker = await self._idle.get()
         healthy = False
+        self.busy.add(worker.pid)
         try:
             value = await asyncio.to_thread(worker.call, job, timeout_s)
             healthy = True
@@ -120,6 +123,7 @@ class DecodeWorkers:
         except (EOFError, OSError, BrokenPipeError):
             raise DecodeFailed("the decode worker died on this file: it was replaced") from None
         finally:
+            self.busy.discard(worker.pid)
             # Cancelled (the request's own deadline) counts as unhealthy too: the worker may still be busy.
             if healthy:
                 self._idle.put_nowait(worker)
@@ -130,6 +134,7 @@ class DecodeWorkers:
         started = time.monotonic()
         self._all.discard(worker)
         self.replaced += 1
+        self.on_replace()
         assert self._idle is not None
         idle = self._idle
 

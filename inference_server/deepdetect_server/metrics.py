@@ -52,8 +52,8 @@ class Metrics:
                                       "decoded on the way to a sample)", registry=r)
         self.frames_sampled = Counter(f"{PREFIX}frames_sampled", "pictures judged: sampled frames and "
                                       "images of face cards", registry=r)
-        self.frames_with_face = Counter(f"{PREFIX}frames_with_face", "sampled pictures where a face was found",
-                                        registry=r)
+        self.frames_with_face = Counter(f"{PREFIX}frames_with_face",
+                                        "sampled pictures where a face was found", registry=r)
         self.decode_seconds = Histogram(f"{PREFIX}decode_seconds", "decode time per item (a video: all its "
                                         "samples)", ["media"], buckets=_LATENCY_BUCKETS, registry=r)
         self.decode_workers_replaced = Counter(f"{PREFIX}decode_workers_replaced", "video decode workers "

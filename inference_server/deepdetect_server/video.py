@@ -192,7 +192,7 @@ def _rotation(stream: Any, frame: Any) -> int:
     if not rot:
         tag = stream.metadata.get("rotate")
         rot = -int(tag) if tag and tag.lstrip("-").isdigit() else 0  # the tag is clockwise
-    return int(round(rot / 90.0)) * 90 % 360
+    return round(rot / 90.0) * 90 % 360
 
 
 def _to_rgb(stream: Any, frame: Any, width: int, height: int) -> np.ndarray:
