@@ -76,7 +76,7 @@ def test_every_container_finds_the_moving_face_in_every_sampled_frame(video_serv
     xs = [f["box"][0] for f in body["frames"]]
     assert xs == sorted(xs) and xs[-1] - xs[0] > 200  # the face moves left to right: the box follows
     for f in body["frames"]:
-        x0, y0, x1, y1 = f["box"]
+        x0, y0, x1, _ = f["box"]
         assert 90 < x1 - x0 < 200 and 40 < y0 < 160  # one face-sized box where the face is, per frame
 
 
@@ -110,11 +110,14 @@ def test_answer_equals_scoring_each_crop_alone(video_server, clips, face_checkpo
 def test_rotated_clip_is_turned_upright_before_face_detection(video_server):
     srv = video_server()
     body = detect(srv.url, make_video("mp4", rotate=90)).json()
-    # The stored frames are 480x320 with the face on its side: Haar finds none unless the frame is turned.
+    # The stored frames are 320x480 with the face on its side: Haar finds none unless the frame is turned.
     assert body["outcome"] == "scored" and body["faces_found"] == FRAMES
-    assert all(f["box"][3] > 320 or f["box"][1] > 0 for f in body["frames"])
-    ys = [f["box"][1] for f in body["frames"]]
-    assert max(ys) - min(ys) > 150  # turned upright, the left-to-right motion is now vertical
+    xs = [f["box"][0] for f in body["frames"]]
+    assert xs == sorted(xs) and xs[-1] - xs[0] > 200  # upright again: moving left to right, 480 px wide
+    with av.open(io.BytesIO(make_video("mp4", n=2, rotate=90))) as c:
+        stored = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    from deepdetect_server.faces import detector
+    assert stored.shape[:2] == (480, 320) and detector("haar").detect(stored, 40) == []
 
 
 def test_variable_frame_rate_is_sampled_by_time_not_index(video_server):

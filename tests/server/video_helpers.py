@@ -45,6 +45,8 @@ def make_video(kind: str = "mp4", n: int = 24, fps: int = 12, width: int = 480, 
     fmt, codec, pix = CONTAINERS[kind]
     buf = io.BytesIO()
     pictures = frames if frames is not None else moving_face_frames(n, width, height)
+    if rotate:  # stored turned clockwise; the display matrix says "turn counter-clockwise to show"
+        pictures = [np.ascontiguousarray(np.rot90(p, -rotate // 90)) for p in pictures]
     with av.open(buf, "w", format=fmt) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = pictures[0].shape[1], pictures[0].shape[0], pix
