@@ -10,7 +10,7 @@ class with `detect`.
 
 from __future__ import annotations
 
-import functools
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,10 +63,16 @@ class HogDetector:
         return boxes
 
 
-@functools.cache
+_local = threading.local()
+
+
 def detector(name: FaceDetectorName) -> FaceDetector:
-    """One detector per process and name (built on first use: nothing at import time)."""
-    return HaarDetector() if name == "haar" else HogDetector()
+    """One detector per thread and name, built on first use: a cascade is not safe to share between
+    threads (two concurrent images made one of them miss its face)."""
+    cache: dict[str, FaceDetector] = _local.__dict__.setdefault("detectors", {})
+    if name not in cache:
+        cache[name] = HaarDetector() if name == "haar" else HogDetector()
+    return cache[name]
 
 
 @dataclass(frozen=True)
