@@ -46,7 +46,10 @@ class FacesSpec(BaseModel):
 
     detector: FaceDetectorName = Field("haar", description="haar: OpenCV cascade; hog: dlib's HOG detector")
     margin: float = Field(0.3, ge=0.0, le=2.0, description="added on each side, as a fraction of the box")
-    min_size: int = Field(40, ge=8, description="smallest face side in pixels")
+    min_size: int = Field(40, ge=8, description="smallest face side in pixels of the picture")
+    detect_size: int = Field(
+        320, ge=0, le=4096, description="the detector sees the picture with its longer side scaled down to "
+        "this (0: full size); boxes are mapped back, crops come from the full picture")
     select: Literal["largest", "all"] = Field("largest", description="largest face, or up to max_faces")
     max_faces: int = Field(4, ge=1, le=32)
 

@@ -231,7 +231,8 @@ class Core:
         """The detection entry point of /v1/detect, v2 and jobs: media bytes (+ parameters) -> verdict."""
         params = params or {}
         kind, fmt = self.classify(data)
-        assert self.card is not None
+        if self.card is None:
+            raise NotReady("model is not ready" if self.state != "stopped" else "server is shutting down")
         if kind == "image" and self.card.faces is None:  # the whole-picture path, batched as before
             [pred] = await self.predict([data], timeout_s=timeout_s)
             self.metrics.media.labels(media="image").inc()
@@ -294,7 +295,8 @@ class Core:
     async def predict_many(self, items: list[bytes]) -> list[Prediction | None]:
         """v2 infer: plain images batched as one request; videos and face cards through `verdict` each
         (None: no face was found)."""
-        assert self.card is not None
+        if self.card is None:
+            raise NotReady("model is not ready")
         if self.card.faces is None and all(self.classify(d)[0] == "image" for d in items):
             return list(await self.predict(items))
         verdicts = await asyncio.gather(*(self.verdict(d) for d in items))

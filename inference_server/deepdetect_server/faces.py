@@ -94,11 +94,27 @@ def with_margin(box: Box, margin: float, width: int, height: int) -> Box:
     return max(0, x0 - dx), max(0, y0 - dy), min(width, x1 + dx), min(height, y1 + dy)
 
 
+def detect_scaled(rgb: np.ndarray, spec: FacesSpec) -> list[Box]:
+    """Detect on a picture scaled to `detect_size` (the detector's cost grows with the pixels), boxes in
+    the full picture's pixels."""
+    h, w = rgb.shape[:2]
+    scale = spec.detect_size / max(h, w) if spec.detect_size else 1.0
+    if scale >= 1.0:
+        return detector(spec.detector).detect(rgb, spec.min_size)
+    from PIL import Image
+
+    small = np.asarray(Image.fromarray(rgb).resize((round(w * scale), round(h * scale)),
+                                                   Image.Resampling.BILINEAR))
+    found = detector(spec.detector).detect(small, max(8, round(spec.min_size * scale)))
+    return [(max(0, round(x0 / scale)), max(0, round(y0 / scale)), min(w, round(x1 / scale)),
+             min(h, round(y1 / scale))) for x0, y0, x1, y1 in found]
+
+
 def find_faces(rgb: np.ndarray, spec: FacesSpec) -> list[Face]:
     """The faces the card asks for, cropped with their margin."""
     h, w = rgb.shape[:2]
     faces = []
-    for box in select(detector(spec.detector).detect(rgb, spec.min_size), spec):
+    for box in select(detect_scaled(rgb, spec), spec):
         x0, y0, x1, y1 = with_margin(box, spec.margin, w, h)
         faces.append(Face(box, np.ascontiguousarray(rgb[y0:y1, x0:x1])))
     return faces

@@ -148,7 +148,7 @@ class _Decoder:
 
     def __init__(self, stream: Any, packets: list[Any]) -> None:
         self.ctx = stream.codec_context
-        self.time_base = stream.time_base
+        self.time_base = float(stream.time_base)  # a float: Fraction arithmetic per frame adds up
         self.packets = packets
         self.pos = 0  # next packet to feed
         self.frames: deque[Any] = deque()
@@ -174,9 +174,9 @@ class _Decoder:
         return self.frames.popleft()
 
 
-def _packet_time(packet: Any) -> float | None:
+def _packet_time(packet: Any, time_base: float) -> float | None:
     ts = packet.pts if packet.pts is not None else packet.dts
-    return None if ts is None or packet.time_base is None else float(ts * packet.time_base)
+    return None if ts is None else ts * time_base
 
 
 def _demux(container: Any, stream: Any) -> list[Any]:
@@ -223,7 +223,8 @@ def sample(data: bytes, fmt: Container, limits: VideoLimits, k: int,
         packets = _demux(container, stream)
         if not packets:
             raise CorruptVideo("the video has no frames")
-        times = [_packet_time(p) for p in packets]
+        tb = float(stream.time_base)
+        times = [_packet_time(p, tb) for p in packets]
         known = [t for t in times if t is not None]
         start = min(known) if known else 0.0
         if known and max(known) - start < 0.5 * seconds - 1.0 / max(1.0, len(packets) / seconds):
