@@ -4,6 +4,7 @@ the no-face outcome, the DFDC rule at small K, and v2 BYTES carrying video."""
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 from deepdetect_server.aggregate import confident, mean, topk
 from deepdetect_server.checkpoint import AggregationSpec, FacesSpec
 from deepdetect_server.faces import detector, find_faces, with_margin
-from server_helpers import make_checkpoint
+from server_helpers import make_checkpoint, metric
 from video_helpers import make_video
 
 ASTRONAUT_FACE = (170, 60, 280, 170)  # around her face in skimage's 512x512 astronaut photo
@@ -105,3 +106,27 @@ def test_max_frames_lowers_the_samples_and_the_cost_and_keys_the_cache(start_ser
     assert again.headers.get("X-Cache") == "hit" and again.json()["frames"] == two.json()["frames"]
     bad = httpx.post(f"{srv.url}/v1/detect", content=clip, params={"max_frames": "x"}, timeout=60)
     assert bad.status_code == 400 and "max_frames" in bad.json()["error"]
+
+
+def test_video_job_honours_max_frames_and_the_media_limit_charges_frames(start_server, face_checkpoint):
+    srv = start_server(checkpoint=face_checkpoint, video_enabled=True, video_workers=1, jobs_poll_s=0.05,
+                       rate_limit_media="5/minute")
+    clip = make_video("webm")
+    resp = httpx.post(f"{srv.url}/v1/jobs", content=clip, params={"max_frames": 3}, timeout=30)
+    assert resp.status_code == 202, resp.text
+    deadline = time.monotonic() + 60
+    while (job := httpx.get(srv.url + resp.headers["Location"]).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+    assert job["status"] == "succeeded" and job["result"]["frames_sampled"] == 3
+    # 3 of 5 media units spent: a 4-frame video is over the limit, a 2-frame one is not
+    over = httpx.post(f"{srv.url}/v1/detect", content=clip, timeout=30)
+    assert over.status_code == 429
+    ok = httpx.post(f"{srv.url}/v1/detect", content=clip, params={"max_frames": 2}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["frames_sampled"] == 2
+    text = httpx.get(f"{srv.url}/metrics").text
+    assert metric(text, "deepdetect_media_total", media="video") == 2
+    assert metric(text, "deepdetect_frames_sampled_total") == 5
+    assert metric(text, "deepdetect_frames_with_face_total") == 5  # faces found ratio 1.0
+    assert metric(text, "deepdetect_video_frames_decoded_total") >= 5
+    assert metric(text, "deepdetect_decode_seconds_count", media="video") == 2
