@@ -307,7 +307,8 @@ def test_config_yaml_loads_in_server_settings(inp: RenderInputs, tmp_path: Path)
     assert settings.video_enabled == media.video and settings.video_workers == media.decode_workers
     assert settings.video_worker_memory_mb == media.worker_memory_mb
     assert (settings.max_video_mb, settings.max_video_seconds, settings.max_video_pixels,
-            settings.max_video_fps, settings.max_video_streams, settings.max_video_frames, settings.video_decode_timeout_s) == (
+            settings.max_video_fps, settings.max_video_streams, settings.max_video_frames,
+            settings.video_decode_timeout_s) == (
         limits.max_video_mb, limits.max_duration_seconds, limits.max_pixels, limits.max_fps,
         limits.max_streams, limits.max_frames, limits.decode_timeout_seconds)
 
