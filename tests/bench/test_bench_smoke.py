@@ -81,7 +81,8 @@ def test_jobs_bench_prints_table_and_ratios_line() -> None:
 
 def test_video_bench_prints_table_and_ratio_lines() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "video.py"), "--videos", "1",
-                           "--seconds", "2", "--fps", "12", "--frames", "4", "--requests", "2", "--concurrency", "1"],
+                           "--seconds", "2", "--fps", "12", "--frames", "4", "--requests", "2",
+                           "--concurrency", "1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
