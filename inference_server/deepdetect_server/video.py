@@ -9,7 +9,8 @@ Hardening, in order, each before the work it guards:
 3. `check_limits`: streams, duration, width x height and frame rate from the header, before decoding.
 4. `sample`: packets are demuxed once (cheap, no decoding); frames are decoded from the keyframe before
    each target only when that keyframe lies beyond what was already decoded (the in-memory seek), else
-   decoding goes on; only the chosen frames are converted to RGB, then turned by the display rotation.
+   decoding goes on; packets that are no sample and that no other frame refers to are dropped undecoded
+   (skip_frame NONREF); only the chosen frames are converted to RGB, then turned by the display rotation.
 """
 
 from __future__ import annotations
@@ -146,8 +147,11 @@ def targets(start: float, seconds: float, k: int) -> list[float]:
 class _Decoder:
     """Frames of the demuxed packets in presentation order, able to restart at a keyframe."""
 
-    def __init__(self, stream: Any, packets: list[Any]) -> None:
+    def __init__(self, stream: Any, packets: list[Any], needed: list[bool] | None = None) -> None:
         self.ctx = stream.codec_context
+        # needed[i] False: packet i is no sample, so the decoder may drop it if nothing refers to it
+        # (skip_frame NONREF: B-frames mostly); reference frames are always decoded.
+        self.needed = needed
         self.time_base = float(stream.time_base)  # a float: Fraction arithmetic per frame adds up
         self.packets = packets
         self.pos = 0  # next packet to feed
@@ -163,6 +167,8 @@ class _Decoder:
     def next(self) -> Any | None:
         while not self.frames:
             if self.pos < len(self.packets):
+                if self.needed is not None:
+                    self.ctx.skip_frame = "DEFAULT" if self.needed[self.pos] else "NONREF"
                 out = self.ctx.decode(self.packets[self.pos])
                 self.pos += 1
             elif not self.drained:
@@ -218,7 +224,8 @@ def sample(data: bytes, fmt: Container, limits: VideoLimits, k: int,
     stats = stats if stats is not None else SampleStats()
     with open_container(data, fmt) as container:
         stream, seconds = check_limits(container, limits)
-        stream.thread_type = "AUTO"
+        # No frame threading: skip_frame is switched per packet and must apply to that packet.
+        stream.thread_type = "SLICE"
         width, height = stream.codec_context.width, stream.codec_context.height
         packets = _demux(container, stream)
         if not packets:
@@ -235,9 +242,10 @@ def sample(data: bytes, fmt: Container, limits: VideoLimits, k: int,
         span = max(seconds, max(known) - start) if known else seconds
         if span > limits.max_seconds:
             raise VideoRefused(f"video frames span {span:.1f} s, over the limit of {limits.max_seconds:g} s")
-        decoder = _Decoder(stream, packets)
+        wanted = targets(start, span, k)
+        decoder = _Decoder(stream, packets, _needed(times, wanted))
         try:
-            frames = list(_pick(decoder, times, keyframes, targets(start, span, k), stats))
+            frames = list(_pick(decoder, times, keyframes, wanted, stats))
         except av.error.FFmpegError as exc:
             raise CorruptVideo(f"cannot decode the video: {exc.strerror or 'damaged data'}") from exc
         if not frames:
@@ -245,6 +253,16 @@ def sample(data: bytes, fmt: Container, limits: VideoLimits, k: int,
         out = [Frame(round(t - start, 6), _to_rgb(stream, f, width, height)) for t, f in frames]
         stats.frames_decoded = decoder.decoded
         return out
+
+
+def _needed(times: list[float | None], wanted: list[float]) -> list[bool]:
+    """Which packets hold a sample: the last presentation time at or before each target (the first when
+    none is). Packets without a time are decoded, to be safe."""
+    known = sorted({t for t in times if t is not None})
+    if not known:
+        return [True] * len(times)
+    chosen = {max((t for t in known if t <= target), default=known[0]) for target in wanted}
+    return [t is None or t in chosen for t in times]
 
 
 def _pick(decoder: _Decoder, times: list[float | None], keyframes: list[int],

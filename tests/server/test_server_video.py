@@ -284,3 +284,18 @@ def test_worker_killed_mid_decode_fails_only_its_request(video_server, photos):
     assert len(after) == 2 and pid not in after and after & before
     assert detect(srv.url, small).status_code == 200
     assert metric(httpx.get(f"{srv.url}/metrics").text, "deepdetect_decode_workers_replaced_total") == 1
+
+
+@pytest.mark.parametrize("kind", ["mp4", "webm", "avi"])
+def test_dropped_nonreference_frames_leave_the_samples_pixel_identical(kind):
+    """Samples decoded with non-sample B-frames dropped equal the same frames of a full decode."""
+    from deepdetect_server.video import SampleStats, VideoLimits, sample, sniff_video
+
+    clip = make_video(kind, n=90, fps=30, width=320, height=240)
+    stats = SampleStats()
+    frames = sample(clip, sniff_video(clip), VideoLimits(600, 10**7, 120, 4), 6, stats)
+    full = decoded_frames(clip)
+    for f in frames:
+        assert np.array_equal(f.rgb, full[round(f.t, 3)]), f.t
+    if kind == "mp4":  # x264's B-frames are not referenced: most of them were never decoded
+        assert stats.frames_decoded < 60
