@@ -44,8 +44,9 @@ from video_helpers import make_video  # noqa: E402
 LIMITS = VideoLimits(600, 1920 * 1080, 120, 4)
 
 
-def make_clips(count: int, seconds: int, fps: int) -> list[bytes]:
-    sizes = [(480, 320), (640, 360), (560, 400)]
+def make_clips(count: int, seconds: int, fps: int, height: int) -> list[bytes]:
+    # three aspect ratios at the asked height (even sizes: yuv420p)
+    sizes = [(int(height * r) // 2 * 2, height) for r in (1.5, 16 / 9, 1.4)]
     return [make_video("mp4", n=seconds * fps, fps=fps, width=sizes[i % 3][0], height=sizes[i % 3][1],
                        gop=2 * fps) for i in range(count)]
 
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--videos", type=int, default=6)
     p.add_argument("--seconds", type=int, default=10, help="DFDC clips are 10 s at 30 fps")
     p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--height", type=int, default=360, help="frame height; DFDC clips are 1080 p")
     p.add_argument("--frames", type=int, default=16, help="K, the card's frames per video")
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--requests", type=int, default=24)
@@ -181,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.torch_threads)  # the naive side: the same torch threads as the server
     work = Path(tempfile.mkdtemp(prefix="deepdetect-video-bench-"))
-    clips = make_clips(args.videos, args.seconds, args.fps)
+    clips = make_clips(args.videos, args.seconds, args.fps, args.height)
     print(f"{len(clips)} clips, {args.seconds} s at {args.fps} fps ({args.seconds * args.fps} frames), "
+          f"{args.height} p, "
           f"K = {args.frames}, concurrency {args.concurrency}, {args.requests} requests per system")
     print(f"{'card':12} {'system':8} {'videos/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     ratios = []
