@@ -62,7 +62,7 @@ def manipulate(rng: random.Random, img: Image.Image, region: tuple[float, float,
     box = tuple(int(v * size) for v in region)
     factor = rng.choice((3, 4, 5))
     small = img.resize((max(1, size // factor), max(1, size // factor)), Image.Resampling.BILINEAR)
-    resampled = small.resize(img.size, Image.Resampling.BICUBIC)
+    resampled = small.resize(img.size, Image.Resampling.NEAREST)  # blocky: the resampling leaves a grid
     mask = Image.new("L", img.size, 0)
     ImageDraw.Draw(mask).ellipse(box, fill=255)
     mask = mask.filter(ImageFilter.GaussianBlur(max(1, size // 40)))
