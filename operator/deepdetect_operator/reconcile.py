@@ -68,7 +68,6 @@ from deepdetect_operator.kubeapi import (
 )
 from deepdetect_operator.metrics import OperatorMetrics
 from deepdetect_operator.rollout import RolloutInput, RolloutOutcome, evaluate_rollout
-from deepdetect_operator.validation import GateInput, GateOutcome, evaluate_gate, jobs_to_delete
 from deepdetect_operator.status import (
     REASON_APPLY_FAILED,
     REASON_INVALID_SPEC,
@@ -82,6 +81,7 @@ from deepdetect_operator.status import (
     parse_status,
     status_patch,
 )
+from deepdetect_operator.validation import GateInput, GateOutcome, evaluate_gate, jobs_to_delete
 
 log = logging.getLogger(__name__)
 
