@@ -471,6 +471,9 @@ class Reconciler:
 
         # 4. checkpoint digest
         resolved_digest = previous.model.digest or None
+        cand = previous.model.candidate
+        if cand is not None and cand.digest and cand.state in ("Validating", "Failed"):
+            resolved_digest = cand.digest  # the source's last answer was the candidate, not the serving one
         uri = redact_uri(ckpt.uri)
         due = (
             force_resolve

@@ -58,7 +58,7 @@ def evaluate_gate(inp: GateInput) -> GateOutcome:
     serving = inp.model.digest or inp.rollout_target
     if not inp.enabled or not digest or digest == serving:
         # Nothing new to prove. A standing failure stays visible while the source still names that digest.
-        failed = cand is not None and cand.state == "Failed" and digest == cand.digest
+        failed = inp.enabled and cand is not None and cand.state == "Failed" and digest == cand.digest
         return GateOutcome(digest if not failed else None, cand, False,
                            (REASON_VALIDATION_FAILED, cand.message) if failed and cand else None, None, None)
     if cand is None or cand.digest != digest:
