@@ -319,10 +319,11 @@ class Reconciler:
     async def _timed_pass(self, body: dict[str, Any], logger: Any, *, force_resolve: bool) -> str:
         meta = body["metadata"]
         started = self.clock()
-        result, phase, rollout_state, checkpoint_ok = "error", None, None, None
+        result, phase, rollout_state, checkpoint_ok, validation_state = "error", None, None, None, None
         try:
             status, checkpoint_ok = await self._pass(body, logger, force_resolve=force_resolve)
             phase, rollout_state = status.phase, status.rollout.state
+            validation_state = status.model.candidate.state if status.model.candidate else None
             result = "degraded" if phase in ("Degraded", "Failed") else "ok"
             self._last_pass[meta["uid"]] = self.clock()
             self.passes += 1
@@ -336,6 +337,7 @@ class Reconciler:
                 phase=phase,
                 rollout_state=rollout_state,
                 checkpoint_ok=checkpoint_ok,
+                validation_state=validation_state,
             )
 
     async def _pass(

@@ -45,6 +45,7 @@ REQUIRED_PANELS = {
     "operator reconciles": r"reconciles by result",
     "operator failures": r"reconcile failures",
     "rollout state": r"rollout state",
+    "validation": r"validation",
 }
 REQUIRED_ALERTS = {
     "DeepDetectHighErrorRate",
