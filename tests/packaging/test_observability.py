@@ -289,7 +289,7 @@ def operator_metrics() -> dict[str, set[str]]:
     metrics = OperatorMetrics()
     metrics.observe(
         "trust-safety", "faces", result="ok", seconds=0.02, phase="Ready", rollout_state="Complete",
-        checkpoint_ok=True,
+        checkpoint_ok=True, validation_state="Passed",
     )
     port = _free_port()
     metrics.serve(port, addr="127.0.0.1")
