@@ -98,7 +98,7 @@ async def evaluate(checkpoint: Path, dataset_path: Path, *, device: str = "cpu",
     from .config import ServerSettings
     from .core import Core
 
-    card = card_from_bytes(checkpoint.read_bytes(), str(checkpoint))
+    card = card_from_bytes(await asyncio.to_thread(checkpoint.read_bytes), str(checkpoint))
     dataset = load_dataset(dataset_path, (card.negative_label, card.positive_label))
     concurrency = concurrency or 2 * max_batch_size
     settings = ServerSettings(checkpoint=checkpoint, auth_mode="none", device=device, runtime=runtime,
@@ -121,6 +121,8 @@ async def evaluate(checkpoint: Path, dataset_path: Path, *, device: str = "cpu",
         **quality.summary(labels[ok], np.array(scores)[ok], used_threshold),
         "scored": int(ok.sum()),
         "errors": errors,
+        "scores": [{"name": it.name, "label": it.label, "score": None if np.isnan(sc) else sc}
+                   for it, sc in zip(dataset.items, scores, strict=True)],
     }
     return result
 

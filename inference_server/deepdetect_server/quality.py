@@ -33,7 +33,9 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(u / (n_pos * n_neg))
 
 
-def log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
+def log_loss(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    if len(labels) == 0:
+        return None
     p = np.clip(np.asarray(scores, dtype=np.float64), LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
     y = np.asarray(labels, dtype=np.float64)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
