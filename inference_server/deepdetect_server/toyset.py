@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "hubble_deep_field",
-          "retina", "moon", "coins", "clock", "brick", "gravel", "grass")
+# Photos with texture almost everywhere: on a flat sky or a dark field a resampled region is invisible, and
+# the labels there would be noise.
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "coins", "clock",
+          "brick", "gravel", "grass")
 ASTRONAUT_FACE = (170, 40, 290, 190)  # (left, top, right, bottom) of her face in the 512x512 photo
 
 
@@ -56,11 +58,11 @@ def manipulate(rng: random.Random, img: Image.Image, region: tuple[float, float,
     """Resample an elliptical region (fractions of the image, or a random one) and blend it back."""
     size = img.size[0]
     if region is None:
-        rw, rh = rng.uniform(0.3, 0.55), rng.uniform(0.3, 0.55)
+        rw, rh = rng.uniform(0.35, 0.6), rng.uniform(0.35, 0.6)
         rx, ry = rng.uniform(0, 1 - rw), rng.uniform(0, 1 - rh)
         region = (rx, ry, rx + rw, ry + rh)
     box = tuple(int(v * size) for v in region)
-    factor = rng.choice((3, 4, 5))
+    factor = rng.choice((4, 5, 6))
     small = img.resize((max(1, size // factor), max(1, size // factor)), Image.Resampling.BILINEAR)
     resampled = small.resize(img.size, Image.Resampling.NEAREST)  # blocky: the resampling leaves a grid
     mask = Image.new("L", img.size, 0)

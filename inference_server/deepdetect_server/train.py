@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -151,6 +152,9 @@ def train(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
         log(f"resumed from {args.state} after epoch {first}")
     for epoch in range(first, args.epochs):
         started = time.perf_counter()
+        # Cosine decay from the epoch number alone: a resumed run gets the same rate as an unbroken one.
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
         loss = trainer.epoch(train_x, train_y, args.batch_size, seed=args.seed * 1000 + epoch)
         val_scores = trainer.scores(val_x)
         auc = quality.roc_auc(val_y, val_scores)
