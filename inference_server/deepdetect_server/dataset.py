@@ -80,7 +80,9 @@ def load_dataset(path: Path | str, labels: tuple[str, str] = ("real", "fake")) -
     elif not path.exists():
         raise DatasetError(f"dataset {path} does not exist")
     else:
-        raise DatasetError(f"dataset {path}: expected a folder, a .csv/.jsonl manifest or a .safetensors pack")
+        raise DatasetError(
+            f"dataset {path}: expected a folder, a .csv/.jsonl manifest or a .safetensors pack"
+        )
     if not items:
         raise DatasetError(f"dataset {path} has no items")
     return Dataset(items, labels)
@@ -140,8 +142,14 @@ def _from_manifest(path: Path, labels: tuple[str, str]) -> list[Item]:
             if not isinstance(row, dict) or "path" not in row or "label" not in row:
                 raise DatasetError(f"{path}:{n}: each line needs 'path' and 'label'")
             rows.append((n, row))
-    return [Item(str(row["path"]), _label_of(row["label"], labels, f"{path}:{n}"),
-                 _read(path.parent, str(row["path"]), f"{path}:{n}")) for n, row in rows]
+    return [
+        Item(
+            str(row["path"]),
+            _label_of(row["label"], labels, f"{path}:{n}"),
+            _read(path.parent, str(row["path"]), f"{path}:{n}"),
+        )
+        for n, row in rows
+    ]
 
 
 def _from_pack(path: Path, labels: tuple[str, str]) -> list[Item]:
@@ -169,9 +177,14 @@ def pack_dataset(dataset: Dataset, out: Path | str) -> str:
     import numpy as np
     from safetensors.numpy import save
 
-    tensors = {f"item.{i}": np.frombuffer(it.data, dtype=np.uint8).copy() for i, it in enumerate(dataset.items)}
-    meta = {"labels": list(dataset.labels), "digest": dataset.digest,
-            "items": [{"name": it.name, "label": it.label} for it in dataset.items]}
+    tensors = {
+        f"item.{i}": np.frombuffer(it.data, dtype=np.uint8).copy() for i, it in enumerate(dataset.items)
+    }
+    meta = {
+        "labels": list(dataset.labels),
+        "digest": dataset.digest,
+        "items": [{"name": it.name, "label": it.label} for it in dataset.items],
+    }
     data = save(tensors, metadata={DATASET_KEY: json.dumps(meta)})
     Path(out).write_bytes(data)
     return "sha256:" + hashlib.sha256(data).hexdigest()

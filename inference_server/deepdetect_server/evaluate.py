@@ -49,8 +49,10 @@ class Gate:
             return None
         margin = (self.bound - value) if self.minimum else (value - self.bound)
         relation = "below" if self.minimum else "above"
-        return (f"gate --{self.name} {self.bound:g} failed: {self.metric} {value:.4f} is {margin:.4f} "
-                f"{relation} it")
+        return (
+            f"gate --{self.name} {self.bound:g} failed: {self.metric} {value:.4f} is {margin:.4f} "
+            f"{relation} it"
+        )
 
 
 GATE_FLAGS = (  # (flag, metric, minimum?)
@@ -91,9 +93,16 @@ async def score_dataset(core: Any, dataset: Dataset, concurrency: int) -> tuple[
     return [s if s is not None else float("nan") for s in scores], errors
 
 
-async def evaluate(checkpoint: Path, dataset_path: Path, *, device: str = "cpu", runtime: str = "torch",
-                   threshold: float | None = None, concurrency: int = 0,
-                   max_batch_size: int = 16) -> dict[str, Any]:
+async def evaluate(
+    checkpoint: Path,
+    dataset_path: Path,
+    *,
+    device: str = "cpu",
+    runtime: str = "torch",
+    threshold: float | None = None,
+    concurrency: int = 0,
+    max_batch_size: int = 16,
+) -> dict[str, Any]:
     """Load the checkpoint into a Core, score the set, return the result object."""
     from .config import ServerSettings
     from .core import Core
@@ -101,10 +110,18 @@ async def evaluate(checkpoint: Path, dataset_path: Path, *, device: str = "cpu",
     card = card_from_bytes(await asyncio.to_thread(checkpoint.read_bytes), str(checkpoint))
     dataset = load_dataset(dataset_path, (card.negative_label, card.positive_label))
     concurrency = concurrency or 2 * max_batch_size
-    settings = ServerSettings(checkpoint=checkpoint, auth_mode="none", device=device, runtime=runtime,
-                              threshold=threshold, max_batch_size=max_batch_size,
-                              max_queue=max(256, concurrency), request_timeout_s=600.0,
-                              cache_enabled=False, jobs_enabled=False)
+    settings = ServerSettings(
+        checkpoint=checkpoint,
+        auth_mode="none",
+        device=device,
+        runtime=runtime,
+        threshold=threshold,
+        max_batch_size=max_batch_size,
+        max_queue=max(256, concurrency),
+        request_timeout_s=600.0,
+        cache_enabled=False,
+        jobs_enabled=False,
+    )
     core = Core(settings)
     await core.start()
     try:
@@ -121,8 +138,10 @@ async def evaluate(checkpoint: Path, dataset_path: Path, *, device: str = "cpu",
         **quality.summary(labels[ok], np.array(scores)[ok], used_threshold),
         "scored": int(ok.sum()),
         "errors": errors,
-        "scores": [{"name": it.name, "label": it.label, "score": None if np.isnan(sc) else sc}
-                   for it, sc in zip(dataset.items, scores, strict=True)],
+        "scores": [
+            {"name": it.name, "label": it.label, "score": None if np.isnan(sc) else sc}
+            for it, sc in zip(dataset.items, scores, strict=True)
+        ],
     }
     return result
 
@@ -130,10 +149,13 @@ async def evaluate(checkpoint: Path, dataset_path: Path, *, device: str = "cpu",
 def compact(result: dict[str, Any], failed: str | None) -> str:
     """The termination message: metrics and verdict, always under TERMINATION_LIMIT bytes."""
     keep = {k: result.get(k) for k in ("auc", "log_loss", "accuracy", "precision", "recall", "threshold")}
-    body: dict[str, Any] = {"metrics": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in keep.items()},
-                            "dataset": result.get("dataset", {}).get("digest", ""),
-                            "items": result.get("scored", 0), "errors": len(result.get("errors", [])),
-                            "passed": failed is None}
+    body: dict[str, Any] = {
+        "metrics": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in keep.items()},
+        "dataset": result.get("dataset", {}).get("digest", ""),
+        "items": result.get("scored", 0),
+        "errors": len(result.get("errors", [])),
+        "passed": failed is None,
+    }
     if failed:
         body["failed"] = failed[:1000]
     return json.dumps(body, separators=(",", ":"))[:TERMINATION_LIMIT]
@@ -141,8 +163,12 @@ def compact(result: dict[str, Any], failed: str | None) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--dataset", type=Path, required=True,
-                        help="folder real/ fake/, a .csv/.jsonl manifest, or a packed .safetensors set")
+    parser.add_argument(
+        "--dataset",
+        type=Path,
+        required=True,
+        help="folder real/ fake/, a .csv/.jsonl manifest, or a packed .safetensors set",
+    )
     parser.add_argument("--output", type=Path, help="also write the JSON result here")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     parser.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime", "auto"))
@@ -150,11 +176,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=0, help="items in flight (default 2x batch)")
     parser.add_argument("--allow-errors", type=int, default=0, help="unscorable items tolerated (default 0)")
-    parser.add_argument("--termination-log", default="",
-                        help="write a compact summary here (Kubernetes: /dev/termination-log)")
+    parser.add_argument(
+        "--termination-log",
+        default="",
+        help="write a compact summary here (Kubernetes: /dev/termination-log)",
+    )
     for flag, metric, minimum in GATE_FLAGS:
         word = "at least" if minimum else "at most"
-        parser.add_argument(f"--{flag}", type=float, default=None, help=f"fail unless {metric} is {word} this")
+        parser.add_argument(
+            f"--{flag}", type=float, default=None, help=f"fail unless {metric} is {word} this"
+        )
 
 
 def _write_termination(path: str, text: str) -> None:
@@ -167,9 +198,17 @@ def _write_termination(path: str, text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        result = asyncio.run(evaluate(args.checkpoint, args.dataset, device=args.device, runtime=args.runtime,
-                                      threshold=args.threshold, concurrency=args.concurrency,
-                                      max_batch_size=args.batch_size))
+        result = asyncio.run(
+            evaluate(
+                args.checkpoint,
+                args.dataset,
+                device=args.device,
+                runtime=args.runtime,
+                threshold=args.threshold,
+                concurrency=args.concurrency,
+                max_batch_size=args.batch_size,
+            )
+        )
     except (DatasetError, DeepDetectError, OSError) as exc:
         line = f"evaluation error: {exc}"
         print(line, file=sys.stderr)
@@ -177,8 +216,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     failed = None
     if len(result["errors"]) > args.allow_errors:
-        failed = (f"{len(result['errors'])} items could not be scored (allowed {args.allow_errors}): "
-                  f"{result['errors'][0]}")
+        failed = (
+            f"{len(result['errors'])} items could not be scored (allowed {args.allow_errors}): "
+            f"{result['errors'][0]}"
+        )
     for gate in gates_from_args(args):
         failed = failed or gate.check(result)
     result["gates"] = {"passed": failed is None, "failed": failed}

@@ -25,7 +25,9 @@ def sidecar_text(hexdigest: str, name: str) -> str:
     return f"{hexdigest}  {name}\n"  # sha256sum's format; the resolver reads the first 64 hex chars
 
 
-def publish(path: Path | str, target: str, *, s3_endpoint: str = "", timeout_s: float = 60.0) -> dict[str, str]:
+def publish(
+    path: Path | str, target: str, *, s3_endpoint: str = "", timeout_s: float = 60.0
+) -> dict[str, str]:
     data = Path(path).read_bytes()
     hexdigest = hashlib.sha256(data).hexdigest()
     parts = urlsplit(target)
@@ -46,7 +48,9 @@ def publish(path: Path | str, target: str, *, s3_endpoint: str = "", timeout_s: 
         client.put_object(Bucket=parts.netloc, Key=key + ".sha256", Body=side)
     elif parts.scheme in ("http", "https"):
         _put(target, data, timeout_s)
-        _put(urlunsplit((parts.scheme, parts.netloc, parts.path + ".sha256", parts.query, "")), side, timeout_s)
+        _put(
+            urlunsplit((parts.scheme, parts.netloc, parts.path + ".sha256", parts.query, "")), side, timeout_s
+        )
     else:
         raise PublishError(f"{target}: publish supports file://, s3:// and http(s):// targets")
     return {"target": target, "digest": f"sha256:{hexdigest}", "sidecar": target + ".sha256"}

@@ -53,14 +53,21 @@ def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> di
         "accuracy": (tp + tn) / len(y) if len(y) else 0.0,
         "precision": tp / (tp + fp) if tp + fp else 0.0,
         "recall": tp / (tp + fn) if tp + fn else 0.0,
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
     }
 
 
 def summary(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float | int | None]:
     """Everything `evaluate` reports about one scored set."""
-    return {"auc": roc_auc(labels, scores), "log_loss": log_loss(labels, scores), "threshold": threshold,
-            **at_threshold(labels, scores, threshold)}
+    return {
+        "auc": roc_auc(labels, scores),
+        "log_loss": log_loss(labels, scores),
+        "threshold": threshold,
+        **at_threshold(labels, scores, threshold),
+    }
 
 
 def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -23,8 +23,19 @@ from PIL import Image, ImageDraw, ImageFilter
 
 # Photos with texture almost everywhere: on a flat sky or a dark field a resampled region is invisible, and
 # the labels there would be noise.
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "coins", "clock",
-          "brick", "gravel", "grass")
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "camera",
+    "immunohistochemistry",
+    "coins",
+    "clock",
+    "brick",
+    "gravel",
+    "grass",
+)
 ASTRONAUT_FACE = (170, 40, 290, 190)  # (left, top, right, bottom) of her face in the 512x512 photo
 
 
@@ -40,8 +51,9 @@ def photos() -> dict[str, Image.Image]:
     return out
 
 
-def _crop(rng: random.Random, photo: Image.Image, name: str,
-          size: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
+def _crop(
+    rng: random.Random, photo: Image.Image, name: str, size: int
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
     w, h = photo.size
     side = int(min(w, h) * rng.uniform(0.45, 0.9))
     if name == "astronaut" and rng.random() < 0.6:  # keep her face in view
@@ -54,7 +66,9 @@ def _crop(rng: random.Random, photo: Image.Image, name: str,
     return photo.crop(box).resize((size, size), Image.Resampling.BICUBIC), box
 
 
-def manipulate(rng: random.Random, img: Image.Image, region: tuple[float, float, float, float] | None) -> Image.Image:
+def manipulate(
+    rng: random.Random, img: Image.Image, region: tuple[float, float, float, float] | None
+) -> Image.Image:
     """Resample an elliptical region (fractions of the image, or a random one) and blend it back."""
     size = img.size[0]
     if region is None:

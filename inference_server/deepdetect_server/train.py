@@ -46,13 +46,20 @@ def base_card(args: argparse.Namespace) -> tuple[ModelCard, dict[str, torch.Tens
     if not args.arch or not args.input_size:
         raise CheckpointError("give --from CHECKPOINT, or --arch and --input-size")
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
-    card = card_for_architecture(args.arch, args.input_size, labels=labels, positive_label=labels[-1],
-                                 num_outputs=args.num_outputs, resize=args.resize)
+    card = card_for_architecture(
+        args.arch,
+        args.input_size,
+        labels=labels,
+        positive_label=labels[-1],
+        num_outputs=args.num_outputs,
+        resize=args.resize,
+    )
     return card, None
 
 
-def build_model(card: ModelCard, start: dict[str, torch.Tensor] | None, init: Path | None,
-                seed: int) -> tuple[torch.nn.Module, str]:
+def build_model(
+    card: ModelCard, start: dict[str, torch.Tensor] | None, init: Path | None, seed: int
+) -> tuple[torch.nn.Module, str]:
     import timm
     from safetensors.torch import load_file
 
@@ -116,14 +123,17 @@ class Trainer:
     @torch.inference_mode()
     def scores(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         self.model.eval()
-        out = [self.model(self._inputs(images[i : i + batch_size])).float().cpu().numpy()
-               for i in range(0, len(images), batch_size)]
+        out = [
+            self.model(self._inputs(images[i : i + batch_size])).float().cpu().numpy()
+            for i in range(0, len(images), batch_size)
+        ]
         return probabilities(np.concatenate(out), self.card)
 
     def save_state(self, path: Path, epoch: int) -> None:
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({"epoch": epoch, "model": self.model.state_dict(),
-                    "optimizer": self.optimizer.state_dict()}, tmp)
+        torch.save(
+            {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}, tmp
+        )
         tmp.replace(path)  # a crash mid-write never leaves a half state file
 
     def load_state(self, path: Path) -> int:
@@ -143,7 +153,9 @@ def train(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     prep = Preprocessor(card, MAX_PIXELS)
     train_x, train_y = to_arrays(train_set, prep)
     val_x, val_y = to_arrays(val_set, prep)
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     model, init_source = build_model(card, start, args.init, args.seed)
     trainer = Trainer(card, model, device, args.lr)
     first = 0
@@ -158,31 +170,45 @@ def train(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
         loss = trainer.epoch(train_x, train_y, args.batch_size, seed=args.seed * 1000 + epoch)
         val_scores = trainer.scores(val_x)
         auc = quality.roc_auc(val_y, val_scores)
-        log(f"epoch {epoch + 1}/{args.epochs}  loss {loss:.4f}  val_auc {auc if auc is None else round(auc, 4)}"
-            f"  {time.perf_counter() - started:.1f}s")
+        log(
+            f"epoch {epoch + 1}/{args.epochs}  loss {loss:.4f}  val_auc {auc if auc is None else round(auc, 4)}"
+            f"  {time.perf_counter() - started:.1f}s"
+        )
         if args.state:
             trainer.save_state(args.state, epoch + 1)
     val_scores = trainer.scores(val_x)
     threshold = quality.best_threshold(val_y, val_scores)
     metrics = quality.summary(val_y, val_scores, threshold)
-    info = TrainingInfo(dataset_digest=dataset.digest, train_items=len(train_set.items),
-                        val_items=len(val_set.items), epochs=args.epochs, seed=args.seed, init=init_source,
-                        val_metrics={k: metrics[k] for k in ("auc", "log_loss", "accuracy", "precision",
-                                                             "recall")})
+    info = TrainingInfo(
+        dataset_digest=dataset.digest,
+        train_items=len(train_set.items),
+        val_items=len(val_set.items),
+        epochs=args.epochs,
+        seed=args.seed,
+        init=init_source,
+        val_metrics={k: metrics[k] for k in ("auc", "log_loss", "accuracy", "precision", "recall")},
+    )
     # Copy, never rebuild: every field of the base card (preprocessing, faces...) reaches serving as is.
     out_card = card.model_copy(update={"threshold": round(threshold, 6), "training": info})
     out_card = ModelCard.model_validate(out_card.model_dump())
     digest = save_checkpoint(args.out, {k: v.cpu() for k, v in trainer.model.state_dict().items()}, out_card)
-    return {"out": str(args.out), "digest": digest, "threshold": out_card.threshold,
-            "val_metrics": info.val_metrics, "dataset_digest": dataset.digest,
-            "train_items": info.train_items, "val_items": info.val_items}
+    return {
+        "out": str(args.out),
+        "digest": digest,
+        "threshold": out_card.threshold,
+        "val_metrics": info.val_metrics,
+        "dataset_digest": dataset.digest,
+        "train_items": info.train_items,
+        "val_items": info.val_items,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, required=True, help="folder real/ fake/, manifest or pack")
     parser.add_argument("--out", type=Path, required=True, help="the checkpoint to write")
-    parser.add_argument("--from", dest="from_checkpoint", type=Path, help="start from this checkpoint's "
-                        "card and weights")
+    parser.add_argument(
+        "--from", dest="from_checkpoint", type=Path, help="start from this checkpoint's card and weights"
+    )
     parser.add_argument("--arch", default="", help="timm model name (without --from)")
     parser.add_argument("--input-size", type=int, default=0)
     parser.add_argument("--labels", default="real,fake", help="negative,positive (without --from)")
@@ -196,7 +222,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     parser.add_argument("--state", type=Path, help="resume from / save to this state file after each epoch")
-    parser.add_argument("--publish", default="", help="then upload to file://, s3:// or http(s):// (+ .sha256)")
+    parser.add_argument(
+        "--publish", default="", help="then upload to file://, s3:// or http(s):// (+ .sha256)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

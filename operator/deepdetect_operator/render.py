@@ -800,8 +800,9 @@ def render_children(inp: RenderInputs) -> list[Manifest]:
 VALIDATION_APP = "deepdetect-validation"  # not the server's name label: the Service must never select these
 DATASET_PATH = f"{MODELS_DIR}/dataset.safetensors"
 TERMINATION_LOG = "/dev/termination-log"
-_GATE_FLAGS = (("min_auc", "--min-auc"), ("max_log_loss", "--max-log-loss"), ("min_accuracy", "--min-accuracy"),
-               ("min_precision", "--min-precision"), ("min_recall", "--min-recall"))
+_GATE_FLAGS = (("min_auc", "--min-auc"), ("max_log_loss", "--max-log-loss"),
+               ("min_accuracy", "--min-accuracy"), ("min_precision", "--min-precision"),
+               ("min_recall", "--min-recall"))
 
 
 def validation_job_name(name: str, digest: str) -> str:
@@ -898,7 +899,9 @@ def build_validation_job(inp: RenderInputs) -> Manifest:
         "spec": {
             "backoffLimit": 0,
             "activeDeadlineSeconds": val.timeout_seconds,
-            "template": {"metadata": {"labels": labels, "annotations": {ANNOTATION_CHECKPOINT_DIGEST: digest}},
-                         "spec": pod_spec},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {ANNOTATION_CHECKPOINT_DIGEST: digest}},
+                "spec": pod_spec,
+            },
         },
     }

@@ -59,13 +59,25 @@ def evaluate_gate(inp: GateInput) -> GateOutcome:
     if not inp.enabled or not digest or digest == serving:
         # Nothing new to prove. A standing failure stays visible while the source still names that digest.
         failed = inp.enabled and cand is not None and cand.state == "Failed" and digest == cand.digest
-        return GateOutcome(digest if not failed else None, cand, False,
-                           (REASON_VALIDATION_FAILED, cand.message) if failed and cand else None, None, None)
+        return GateOutcome(
+            digest if not failed else None,
+            cand,
+            False,
+            (REASON_VALIDATION_FAILED, cand.message) if failed and cand else None,
+            None,
+            None,
+        )
     if cand is None or cand.digest != digest:
-        new = CandidateStatus(digest=digest, state="Validating", job=inp.job_name, started_at=inp.now,
-                              message=f"validating {digest} in Job {inp.job_name}")
-        return GateOutcome(None, new, inp.job is None, None, new.message,
-                           ("Normal", "ValidationStarted", new.message))
+        new = CandidateStatus(
+            digest=digest,
+            state="Validating",
+            job=inp.job_name,
+            started_at=inp.now,
+            message=f"validating {digest} in Job {inp.job_name}",
+        )
+        return GateOutcome(
+            None, new, inp.job is None, None, new.message, ("Normal", "ValidationStarted", new.message)
+        )
     if cand.state == "Passed":
         return GateOutcome(digest, cand, False, None, None, None)
     if cand.state == "Failed":
@@ -85,8 +97,9 @@ def evaluate_gate(inp: GateInput) -> GateOutcome:
     why = (summary or {}).get("failed") or _job_failure(inp.job)
     msg = f"{REASON_VALIDATION_FAILED}: {digest}: {why}; keeping {serving or 'nothing'}"
     done = cand.model_copy(update={"state": "Failed", "message": msg, "metrics": metrics})
-    return GateOutcome(None, done, False, (REASON_VALIDATION_FAILED, msg), None,
-                       ("Warning", REASON_VALIDATION_FAILED, msg))
+    return GateOutcome(
+        None, done, False, (REASON_VALIDATION_FAILED, msg), None, ("Warning", REASON_VALIDATION_FAILED, msg)
+    )
 
 
 def job_finished(job: dict[str, Any]) -> str | None:
@@ -133,24 +146,34 @@ def metrics_of(summary: dict[str, Any] | None) -> ValidationMetrics | None:
         return float(v) if isinstance(v, int | float) else None
 
     items = summary.get("items")
-    return ValidationMetrics(auc=num("auc"), log_loss=num("log_loss"), accuracy=num("accuracy"),
-                             precision=num("precision"), recall=num("recall"), threshold=num("threshold"),
-                             items=items if isinstance(items, int) else None,
-                             dataset=str(summary.get("dataset") or "") or None)
+    return ValidationMetrics(
+        auc=num("auc"),
+        log_loss=num("log_loss"),
+        accuracy=num("accuracy"),
+        precision=num("precision"),
+        recall=num("recall"),
+        threshold=num("threshold"),
+        items=items if isinstance(items, int) else None,
+        dataset=str(summary.get("dataset") or "") or None,
+    )
 
 
 def _metrics_text(m: ValidationMetrics | None) -> str:
     if m is None:
         return ""
-    parts = [f"{k} {v:.4f}" for k, v in (("auc", m.auc), ("log_loss", m.log_loss), ("recall", m.recall))
-             if v is not None]
+    parts = [
+        f"{k} {v:.4f}"
+        for k, v in (("auc", m.auc), ("log_loss", m.log_loss), ("recall", m.recall))
+        if v is not None
+    ]
     return f" ({', '.join(parts)})" if parts else ""
 
 
 def jobs_to_delete(jobs: list[dict[str, Any]], keep: int, protect: str) -> list[dict[str, Any]]:
     """Finished validation Jobs beyond the newest `keep` (never the one named `protect`, never running)."""
     finished = [j for j in jobs if job_finished(j) is not None and j["metadata"]["name"] != protect]
-    finished.sort(key=lambda j: (j["metadata"].get("creationTimestamp") or "", j["metadata"]["name"]),
-                  reverse=True)
+    finished.sort(
+        key=lambda j: (j["metadata"].get("creationTimestamp") or "", j["metadata"]["name"]), reverse=True
+    )
     budget = max(0, keep - (1 if any(j["metadata"]["name"] == protect for j in jobs) else 0))
     return finished[budget:]

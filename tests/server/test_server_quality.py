@@ -36,8 +36,22 @@ ARCH, SIZE, IMAGE = "test_resnet", 64, 67  # 67 = 64 / crop_pct 0.95: no resampl
 def train_args(dataset: Path, out: Path, **over: Any) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     train_arguments(parser)
-    args = parser.parse_args(["--dataset", str(dataset), "--out", str(out), "--arch", ARCH,
-                              "--input-size", str(SIZE), "--epochs", "2", "--batch-size", "16"])
+    args = parser.parse_args(
+        [
+            "--dataset",
+            str(dataset),
+            "--out",
+            str(out),
+            "--arch",
+            ARCH,
+            "--input-size",
+            str(SIZE),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+        ]
+    )
     for k, v in over.items():
         setattr(args, k, v)
     return args
@@ -75,8 +89,9 @@ def test_evaluate_metrics_equal_sklearn(trained: tuple[Path, dict[str, Any]], to
     assert result["dataset"]["digest"] == load_dataset(toyset).digest
 
 
-def test_evaluate_scores_what_the_server_answers(trained: tuple[Path, dict[str, Any]], toyset: Path,
-                                                  start_server: Any) -> None:
+def test_evaluate_scores_what_the_server_answers(
+    trained: tuple[Path, dict[str, Any]], toyset: Path, start_server: Any
+) -> None:
     """The same serving path: each item's score equals the running server's /v1/detect answer."""
     ckpt, _ = trained
     result = asyncio.run(evaluate(ckpt, toyset, max_batch_size=8))
@@ -98,8 +113,9 @@ def test_roc_auc_with_ties_equals_sklearn() -> None:
     assert quality.roc_auc(np.ones(4), np.arange(4)) is None
 
 
-def test_gates_pass_and_fail_with_one_line(trained: tuple[Path, dict[str, Any]], toyset: Path,
-                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_gates_pass_and_fail_with_one_line(
+    trained: tuple[Path, dict[str, Any]], toyset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt, _ = trained
     base = ["evaluate", "--checkpoint", str(ckpt), "--dataset", str(toyset), "--batch-size", "8"]
     out = tmp_path / "result.json"
@@ -116,8 +132,9 @@ def test_gates_pass_and_fail_with_one_line(trained: tuple[Path, dict[str, Any]],
     if result["auc"] >= bound:
         pytest.skip("the tiny model scored a perfect AUC: no higher bound to fail")
     assert code == 3
-    assert err[-1] == (f"gate --min-auc {bound:g} failed: auc {result['auc']:.4f} is "
-                       f"{bound - result['auc']:.4f} below it")
+    assert err[-1] == (
+        f"gate --min-auc {bound:g} failed: auc {result['auc']:.4f} is {bound - result['auc']:.4f} below it"
+    )
     summary = json.loads(term.read_text())
     assert len(term.read_bytes()) < 4096
     assert summary["passed"] is False and summary["failed"] == err[-1]
@@ -127,8 +144,9 @@ def test_gates_pass_and_fail_with_one_line(trained: tuple[Path, dict[str, Any]],
     assert "gate --max-log-loss 0.0001 failed: log_loss" in capsys.readouterr().err
 
 
-def test_evaluate_errors_exit_1(trained: tuple[Path, dict[str, Any]], tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_errors_exit_1(
+    trained: tuple[Path, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt, _ = trained
     assert cli.main(["evaluate", "--checkpoint", str(ckpt), "--dataset", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
@@ -160,8 +178,8 @@ def test_dataset_forms_agree(toyset: Path, tmp_path: Path) -> None:
 
 
 def test_train_resumes_to_the_same_weights_and_writes_a_complete_card(
-        toyset: Path, tmp_path: Path, trained: tuple[Path, dict[str, Any]],
-        capsys: pytest.CaptureFixture[str]) -> None:
+    toyset: Path, tmp_path: Path, trained: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
     from safetensors.torch import load_file
 
     straight, result = trained
@@ -181,13 +199,16 @@ def test_train_resumes_to_the_same_weights_and_writes_a_complete_card(
     assert card["threshold"] == result["threshold"]
 
 
-def test_train_starts_from_a_checkpoint_and_keeps_its_card(toyset: Path, tmp_path: Path,
-                                                           trained: tuple[Path, dict[str, Any]]) -> None:
+def test_train_starts_from_a_checkpoint_and_keeps_its_card(
+    toyset: Path, tmp_path: Path, trained: tuple[Path, dict[str, Any]]
+) -> None:
     straight, _ = trained
     base = card_from_bytes(straight.read_bytes())
     out = tmp_path / "again.safetensors"
-    train(train_args(toyset, out, epochs=1, arch="", input_size=0, from_checkpoint=straight),
-          log=lambda _l: None)
+    train(
+        train_args(toyset, out, epochs=1, arch="", input_size=0, from_checkpoint=straight),
+        log=lambda _l: None,
+    )
     card = card_from_bytes(out.read_bytes())
     keep = base.model_dump(exclude={"threshold", "training"})
     assert card.model_dump(exclude={"threshold", "training"}) == keep
@@ -229,8 +250,9 @@ def http_store() -> Iterator[str]:
         server.server_close()
 
 
-def test_publish_http_put_reaches_the_operator_resolver(trained: tuple[Path, dict[str, Any]],
-                                                        http_store: str) -> None:
+def test_publish_http_put_reaches_the_operator_resolver(
+    trained: tuple[Path, dict[str, Any]], http_store: str
+) -> None:
     from deepdetect_operator.api import CheckpointSpec
     from deepdetect_operator.checkpoints import resolve_checkpoint
 
@@ -242,8 +264,9 @@ def test_publish_http_put_reaches_the_operator_resolver(trained: tuple[Path, dic
     assert resolved.digest == result["digest"] and resolved.source == "http-sha256"
 
 
-def test_publish_file_and_s3(trained: tuple[Path, dict[str, Any]], tmp_path: Path,
-                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_publish_file_and_s3(
+    trained: tuple[Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -252,13 +275,19 @@ def test_publish_file_and_s3(trained: tuple[Path, dict[str, Any]], tmp_path: Pat
     publish(ckpt, f"file://{dest}")
     hexdigest = result["digest"].removeprefix("sha256:")
     assert dest.read_bytes() == ckpt.read_bytes()
-    assert (tmp_path / "store" / "model.safetensors.sha256").read_text() == f"{hexdigest}  model.safetensors\n"
+    assert (
+        tmp_path / "store" / "model.safetensors.sha256"
+    ).read_text() == f"{hexdigest}  model.safetensors\n"
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     try:
         endpoint = f"http://127.0.0.1:{server._server.server_address[1]}"
-        for k, v in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1"}.items():
+        for k, v in {
+            "AWS_ACCESS_KEY_ID": "k",
+            "AWS_SECRET_ACCESS_KEY": "s",
+            "AWS_REGION": "us-east-1",
+        }.items():
             monkeypatch.setenv(k, v)
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         s3.create_bucket(Bucket="models")
