@@ -170,10 +170,9 @@ def train(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
         loss = trainer.epoch(train_x, train_y, args.batch_size, seed=args.seed * 1000 + epoch)
         val_scores = trainer.scores(val_x)
         auc = quality.roc_auc(val_y, val_scores)
-        log(
-            f"epoch {epoch + 1}/{args.epochs}  loss {loss:.4f}  val_auc {auc if auc is None else round(auc, 4)}"
-            f"  {time.perf_counter() - started:.1f}s"
-        )
+        shown = "n/a" if auc is None else f"{auc:.4f}"
+        took = time.perf_counter() - started
+        log(f"epoch {epoch + 1}/{args.epochs}  loss {loss:.4f}  val_auc {shown}  {took:.1f}s")
         if args.state:
             trainer.save_state(args.state, epoch + 1)
     val_scores = trainer.scores(val_x)
