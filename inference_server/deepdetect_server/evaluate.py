@@ -99,6 +99,7 @@ async def evaluate(
     *,
     device: str = "cpu",
     runtime: str = "torch",
+    precision: str = "fp32",
     threshold: float | None = None,
     concurrency: int = 0,
     max_batch_size: int = 16,
@@ -115,6 +116,7 @@ async def evaluate(
         auth_mode="none",
         device=device,
         runtime=runtime,
+        precision=precision,
         threshold=threshold,
         max_batch_size=max_batch_size,
         max_queue=max(256, concurrency),
@@ -172,6 +174,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, help="also write the JSON result here")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     parser.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime", "auto"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                        help="as the service serves it (fp16/bf16 fall back to fp32 on CPU)")
     parser.add_argument("--threshold", type=float, default=None, help="overrides the card's threshold")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=0, help="items in flight (default 2x batch)")
@@ -204,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
                 args.dataset,
                 device=args.device,
                 runtime=args.runtime,
+                precision=args.precision,
                 threshold=args.threshold,
                 concurrency=args.concurrency,
                 max_batch_size=args.batch_size,

@@ -828,6 +828,11 @@ def _evaluate_command(inp: RenderInputs) -> list[str]:
     assert val is not None
     command = ["deepdetect-server", "evaluate", "--checkpoint", CHECKPOINT_PATH, "--dataset", DATASET_PATH,
                "--device", "cuda" if val.resources.gpus > 0 else "cpu", "--termination-log", TERMINATION_LOG]
+    # Score as the pods will serve: same runtime and precision (int8 needs its sample set: its drift gate
+    # against fp32 is the server's own check, so the gate scores the fp32 model).
+    model = inp.spec.model
+    precision = "fp32" if model.precision == "int8" else model.precision
+    command += ["--runtime", model.runtime, "--precision", precision]
     if inp.spec.model.threshold is not None:  # serving applies it: so must the gate
         command += ["--threshold", repr(inp.spec.model.threshold)]
     for field, flag in _GATE_FLAGS:
