@@ -126,6 +126,8 @@ def main() -> int:
             f"{result['accuracy']:.3f}  precision {result['precision']:.3f}  recall {result['recall']:.3f}  "
             f"({result['scored']} images; gate {'passed' if result['gates']['passed'] else 'FAILED'})"
         )
+        print(f"   at the card's threshold: {result['tp']}/{result['tp'] + result['fn']} manipulated images "
+              f"flagged fake, {result['tn']}/{result['tn'] + result['fp']} untouched ones passed as real")
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         print(f"\n== serve it on {base} and ask about two held-out images ==")
