@@ -146,6 +146,10 @@ class Trainer:
 def train(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     torch.use_deterministic_algorithms(True, warn_only=True)
     card, start = base_card(args)
+    if getattr(card, "faces", None) is not None:
+        # Serving would score face crops; training on whole pictures would teach the wrong pixels.
+        raise CheckpointError("this card crops faces (card.faces), and train does not crop faces yet: "
+                              "train from a card without faces")
     dataset = load_dataset(args.dataset, (card.negative_label, card.positive_label))
     train_set, val_set = dataset.split(args.val_fraction, args.seed)
     if not train_set.items or not val_set.items:
