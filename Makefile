@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch wheels: CPU-only machines and CUDA nodes both take these pins (see README "Installing").
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test lint bench e2e e2e-existing crds clean
+.PHONY: venv demo demo-train test lint bench e2e e2e-existing crds clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,10 @@ venv: $(BIN)/.installed
 
 demo: venv
 	$(BIN)/python -m deepdetect_server.demo
+
+# generate a toy labelled set -> train -> evaluate on held-out images -> serve, a few minutes on 2 CPUs
+demo-train: venv
+	$(BIN)/python -m deepdetect_server.demo_train
 
 test: venv
 	$(BIN)/ruff check .

@@ -5,10 +5,12 @@
 -- Mapping, first match wins:
 --   no status / observedGeneration < generation   -> Progressing (the operator has not seen this spec yet)
 --   phase Failed or Degraded, or Degraded=True      -> Degraded   (reason: message from the condition)
+--     (incl. ValidationFailed: a new checkpoint failed its quality gate; the old one serves)
 --   spec.replicas 0 with autoscaling off            -> Suspended  (scaled to zero on purpose)
 --   phase Ready and condition Ready=True            -> Healthy
 --   phase Pending/Progressing, Progressing=True,
 --   or Ready not (yet) True                         -> Progressing
+--     (incl. reason Validating: a candidate's validation Job runs, nothing rolls yet)
 --   anything else                                   -> Unknown
 -- Argo CD itself reports Missing when the object does not exist; this script runs only when it does.
 local hs = {}

@@ -35,6 +35,19 @@ DecodeMode = Literal["full", "reduced"]
 Interpolation = Literal["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"]
 
 
+class TrainingInfo(BaseModel):
+    """How `train` made this checkpoint: the data it saw and what it scored on the held-back split."""
+
+    dataset_digest: str = Field("", description="digest of the whole labelled set (dataset.py)")
+    train_items: int = 0
+    val_items: int = 0
+    epochs: int = 0
+    seed: int = 0
+    init: str = Field("", description="file name of the initial weights; empty = random init")
+    val_metrics: dict[str, float | int | None] = Field(
+        default_factory=dict, description="auc, log_loss, accuracy, precision, recall at the card threshold")
+
+
 FaceDetectorName = Literal["haar", "hog"]
 AggregationRule = Literal["mean", "confident", "topk"]
 
@@ -88,6 +101,7 @@ class ModelCard(BaseModel):
     )
     crop_pct: float = Field(0.875, gt=0.0, le=1.0)
     decode: DecodeMode = Field("full", description="reduced: JPEG DCT-scaled decode, >= 2x the resize target")
+    training: TrainingInfo | None = Field(None, description="written by `train`; None for other checkpoints")
     faces: FacesSpec | None = Field(None, description="crop faces first (None: score the whole picture)")
     aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
 

@@ -1,4 +1,4 @@
-"""`deepdetect-server`: serve | checkpoint create|inspect | fetch | samples pack.
+"""`deepdetect-server`: serve | checkpoint | fetch | samples | dataset | evaluate | train | publish | toyset.
 
 Each subcommand module exposes `add_arguments(parser)` and `run(args) -> int` (docs/CONTRACTS.md). Parsing
 happens in `main()`, never at import. `fetch` is owned by another module and registered only when it
@@ -19,6 +19,11 @@ _SUBCOMMANDS = (
     ("checkpoint", "checkpoint", "create or inspect a .safetensors checkpoint"),
     ("fetch", "fetch", "download and verify a checkpoint (init container)"),
     ("samples", "runtimes.samples", "pack a folder of images into one int8 sample file"),
+    ("dataset", "dataset", "pack or inspect a labelled set (folder, CSV/JSONL manifest)"),
+    ("evaluate", "evaluate", "score a labelled set through the serving path; gate on the metrics"),
+    ("train", "train", "fine-tune a timm backbone on a labelled set into a checkpoint"),
+    ("publish", "publish", "upload a checkpoint and its .sha256 to file://, s3:// or http(s)://"),
+    ("toyset", "toyset", "generate a labelled toy set of manipulated and untouched photos"),
 )
 
 

@@ -193,6 +193,35 @@ class AuthSpec(_Model):
     )
 
 
+class ValidationGates(_Model):
+    min_auc: float | None = Field(None, ge=0.0, le=1.0, description="ROC AUC at least this")
+    max_log_loss: float | None = Field(None, ge=0.0, description="log-loss at most this")
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="accuracy at the threshold")
+    min_precision: float | None = Field(None, ge=0.0, le=1.0, description="precision at the threshold")
+    min_recall: float | None = Field(None, ge=0.0, le=1.0, description="recall at the threshold")
+
+
+class ValidationResourcesSpec(_Model):
+    cpu: str = Field("2", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request and limit")
+    memory: str = Field(
+        "4Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$", description="memory request and limit")
+    gpus: int = Field(0, ge=0, le=16, description="GPUs (limits[resources.gpuResource]); 0 = CPU")
+
+
+class ValidationSpec(_Model):
+    dataset_uri: str = Field(
+        ..., min_length=1, max_length=2048, pattern=r"^(https?|s3)://.+",
+        description="labelled set packed with `deepdetect-server dataset pack` (http(s):// or s3://); "
+        "read with model.checkpoint's credentialsSecret and s3Endpoint")
+    dataset_sha256: str = Field("", max_length=64, pattern=r"^([0-9a-f]{64})?$",
+                                description="optional pin of the dataset file")
+    gates: ValidationGates = Field(default_factory=ValidationGates, description="what the candidate must "
+                                   "reach on the set; none set = it must only load and score every item")
+    timeout_seconds: int = Field(1800, ge=60, le=86_400, description="the Job's activeDeadlineSeconds")
+    resources: ValidationResourcesSpec = Field(default_factory=ValidationResourcesSpec)
+    history_limit: int = Field(3, ge=1, le=20, description="validation Jobs kept (newest first)")
+
+
 class RolloutSpec(_Model):
     max_surge: int = Field(1, ge=0, description="Deployment RollingUpdate maxSurge")
     max_unavailable: int = Field(0, ge=0, description="Deployment RollingUpdate maxUnavailable")
@@ -200,6 +229,8 @@ class RolloutSpec(_Model):
         600, ge=30, description="a rollout not done by then is Degraded (RolloutFailed)"
     )
     auto_rollback: bool = Field(True, description="on RolloutFailed, pin the pods back to lastGoodDigest")
+    validation: ValidationSpec | None = Field(
+        None, description="run `evaluate` on a labelled set in a Job before a new digest rolls out")
 
     @model_validator(mode="after")
     def _can_progress(self) -> RolloutSpec:
@@ -373,11 +404,33 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
+class ValidationMetrics(_Model):
+    auc: float | None = None
+    log_loss: float | None = None
+    accuracy: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    threshold: float | None = None
+    items: int | None = None
+    dataset: str | None = Field(None, description="digest of the labelled set")
+
+
+class CandidateStatus(_Model):
+    digest: str = ""
+    state: Literal["", "Validating", "Passed", "Failed"] = ""
+    job: str = ""
+    started_at: str = ""
+    message: str = ""
+    metrics: ValidationMetrics | None = None
+
+
 class ModelStatus(_Model):
     uri: str = ""
     digest: str = ""
     resolved_at: str = ""
     last_good_digest: str = ""
+    metrics: ValidationMetrics | None = Field(None, description="validation metrics of the serving digest")
+    candidate: CandidateStatus | None = Field(None, description="the latest digest sent to validation")
 
 
 class RolloutStatus(_Model):

@@ -74,5 +74,6 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     on_child_event("apps", "deployments", pods=False)
     on_child_event("", "pods", pods=True)
+    on_child_event("batch", "jobs", pods=False)  # a validation Job finished: the gate opens or closes
 
     return registry

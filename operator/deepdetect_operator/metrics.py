@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 PREFIX = "deepdetect_operator_"
 PHASES = ("Pending", "Progressing", "Ready", "Degraded", "Failed")
 ROLLOUT_STATES = ("Progressing", "Complete", "Failed")
+VALIDATION_STATES = ("Validating", "Passed", "Failed")
 RESULTS = ("ok", "error", "degraded")
 
 
@@ -54,6 +55,12 @@ class OperatorMetrics:
             ["namespace", "name"],
             registry=r,
         )
+        self.validation = Gauge(
+            f"{PREFIX}validation_state",
+            "1 for the state of the latest candidate checkpoint's validation Job (spec.rollout.validation)",
+            ["namespace", "name", "state"],
+            registry=r,
+        )
         self._known: set[tuple[str, str]] = set()
 
     def observe(
@@ -66,6 +73,7 @@ class OperatorMetrics:
         phase: str | None,
         rollout_state: str | None,
         checkpoint_ok: bool | None,
+        validation_state: str | None = None,
     ) -> None:
         self.reconciles.labels(result=result).inc()
         self.duration.observe(seconds)
@@ -81,6 +89,10 @@ class OperatorMetrics:
                 )
         if checkpoint_ok is not None:
             self.checkpoint.labels(namespace=namespace, name=name).set(1 if checkpoint_ok else 0)
+        if validation_state:
+            for s in VALIDATION_STATES:
+                self.validation.labels(namespace=namespace, name=name, state=s).set(
+                    1 if s == validation_state else 0)
 
     def forget(self, namespace: str, name: str) -> None:
         self._known.discard((namespace, name))
@@ -90,6 +102,8 @@ class OperatorMetrics:
         for s in ROLLOUT_STATES:
             _remove(self.rollout, namespace, name, s)
         _remove(self.checkpoint, namespace, name)
+        for s in VALIDATION_STATES:
+            _remove(self.validation, namespace, name, s)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose `/metrics` on `addr:port` from a daemon thread (prometheus_client's own server)."""

@@ -56,6 +56,7 @@ from deepdetect_operator.kubeapi import (
     DEPLOYMENTS,
     FIELD_MANAGER,
     HPAS,
+    JOBS,
     NETWORKPOLICIES,
     PODS,
     SECRETS,
@@ -80,6 +81,7 @@ from deepdetect_operator.status import (
     parse_status,
     status_patch,
 )
+from deepdetect_operator.validation import GateInput, GateOutcome, evaluate_gate, jobs_to_delete
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,7 @@ class Pass:
     checkpoint: CheckpointResult | None = None
     outcome: RolloutOutcome | None = None
     endpoint: str | None = None
+    validating: str | None = None
     writes: int = 0
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -316,10 +319,11 @@ class Reconciler:
     async def _timed_pass(self, body: dict[str, Any], logger: Any, *, force_resolve: bool) -> str:
         meta = body["metadata"]
         started = self.clock()
-        result, phase, rollout_state, checkpoint_ok = "error", None, None, None
+        result, phase, rollout_state, checkpoint_ok, validation_state = "error", None, None, None, None
         try:
             status, checkpoint_ok = await self._pass(body, logger, force_resolve=force_resolve)
             phase, rollout_state = status.phase, status.rollout.state
+            validation_state = status.model.candidate.state if status.model.candidate else None
             result = "degraded" if phase in ("Degraded", "Failed") else "ok"
             self._last_pass[meta["uid"]] = self.clock()
             self.passes += 1
@@ -333,6 +337,7 @@ class Reconciler:
                 phase=phase,
                 rollout_state=rollout_state,
                 checkpoint_ok=checkpoint_ok,
+                validation_state=validation_state,
             )
 
     async def _pass(
@@ -365,6 +370,7 @@ class Reconciler:
                 checkpoint=result.checkpoint,
                 model=outcome.model if outcome else None,
                 rollout=outcome.rollout if outcome else None,
+                validating=result.validating,
             )
         )
         patch = status_patch(previous_raw, status)
@@ -467,6 +473,9 @@ class Reconciler:
 
         # 4. checkpoint digest
         resolved_digest = previous.model.digest or None
+        cand = previous.model.candidate
+        if cand is not None and cand.digest and cand.state in ("Validating", "Failed"):
+            resolved_digest = cand.digest  # the source's last answer was the candidate, not the serving one
         uri = redact_uri(ckpt.uri)
         due = (
             force_resolve
@@ -498,6 +507,10 @@ class Reconciler:
                 resolved_digest, resolved_now = resolved.digest, True
                 result.checkpoint = CheckpointResult(True, f"{resolved.digest} (from {resolved.source})")
 
+        # 4b. the quality gate: a new digest reaches the rollout only after its validation Job passed
+        gate = await self._gate(base, spec, previous, resolved_digest, now, result)
+        resolved_digest = gate.rollout_digest
+
         # 5. rollout
         deployment = await self.api.get(DEPLOYMENTS, namespace, dep_name)
         pods: list[dict[str, Any]] = []
@@ -518,12 +531,18 @@ class Reconciler:
         )
         if resolved_now and outcome.model.uri != uri:
             outcome = _with_model(outcome, uri=uri)
+        outcome = _with_model(outcome, candidate=gate.candidate)
+        outcome = _with_model(outcome, metrics=_serving_metrics(outcome))
         result.outcome = outcome
         if outcome.event is not None:
             result.events.append(outcome.event)
         if outcome.degraded_reason:
             result.problem = Problem(outcome.degraded_reason, outcome.message)
+        elif gate.problem is not None:
+            result.problem = Problem(*gate.problem)
         result.deployment = deployment
+        if not outcome.template_digest and result.validating:
+            return  # the first checkpoint is being validated: nothing may serve before it passes
         if not outcome.template_digest:
             # Nothing was ever resolved: no pods may fetch an unknown checkpoint.
             message = result.checkpoint.message if result.checkpoint else "the checkpoint was never resolved"
@@ -567,6 +586,54 @@ class Reconciler:
             if res == DEPLOYMENTS:
                 result.deployment = applied
         await self._delete_disabled(inp, {resource_of(c) for c in children}, result)
+
+    async def _gate(self, base: render.RenderInputs, spec: DeepDetectServiceSpec, previous: Any,
+                    resolved_digest: str | None, now: str, result: Pass) -> GateOutcome:
+        """Run the validation state machine (validation.py): create the candidate's Job, read it back,
+        delete finished Jobs beyond the history limit."""
+        val = spec.rollout.validation
+        cand = previous.model.candidate
+        digest = resolved_digest or ""
+        job_name = render.validation_job_name(base.name, digest) if digest else ""
+        job, job_pods = None, []
+        watching = val is not None and digest and digest != (previous.model.digest or
+                                                                previous.rollout.target_digest)
+        if watching and cand is not None and cand.digest == digest and cand.state == "Validating":
+            job = await self.api.get(JOBS, base.namespace, job_name)
+            if job is not None and job.get("status", {}).get("conditions"):
+                job_pods = await self.api.list(
+                    PODS, base.namespace, label_selector=render.validation_selector(base.name))
+                job_pods = [p for p in job_pods
+                            if (p.get("metadata") or {}).get("labels", {}).get("job-name") == job_name
+                            or _pod_of_job(p, job)]
+        gate = evaluate_gate(GateInput(
+            enabled=val is not None, resolved_digest=resolved_digest, model=previous.model,
+            rollout_target=previous.rollout.target_digest, job=job, job_pods=job_pods, job_name=job_name,
+            now=now))
+        if gate.create_job:
+            manifest = render.build_validation_job(
+                render.RenderInputs(name=base.name, namespace=base.namespace, uid=base.uid, spec=spec,
+                                    default_image=base.default_image, checkpoint_digest=digest))
+            try:
+                await self.api.create(manifest)
+                result.writes += 1
+            except Conflict:
+                pass  # created by an earlier pass whose answer was lost: it is the same Job
+            except Invalid as exc:
+                result.problem = Problem(REASON_APPLY_FAILED, f"Job {job_name}: {exc.message}")
+        if gate.event is not None:
+            result.events.append(gate.event)
+        result.validating = gate.validating
+        if val is not None and gate.event is not None:
+            await self._prune_jobs(base, val.history_limit, job_name, result)
+        return gate
+
+    async def _prune_jobs(self, base: render.RenderInputs, keep: int, current: str, result: Pass) -> None:
+        jobs = await self.api.list(JOBS, base.namespace, label_selector=render.validation_selector(base.name))
+        for job in jobs_to_delete([j for j in jobs if controller_uid(j) == base.uid], keep, current):
+            if await self.api.delete(JOBS, base.namespace, job["metadata"]["name"],
+                                     uid=job["metadata"].get("uid")):
+                result.writes += 1
 
     async def _ensure_api_key(self, inp: render.RenderInputs, result: Pass) -> dict[str, str]:
         secret_name = render.api_key_secret_name(inp.name, inp.spec)
@@ -616,6 +683,20 @@ def _mounted_secrets(spec: DeepDetectServiceSpec) -> list[tuple[str, list[str], 
         out.append((spec.jobs.callbacks.secret_name, [render.CALLBACK_SECRETS_KEY],
                     "jobs.callbacks.secretName"))
     return out
+
+
+def _pod_of_job(pod: dict[str, Any], job: dict[str, Any]) -> bool:
+    uid = (job.get("metadata") or {}).get("uid")
+    return any(ref.get("uid") == uid for ref in (pod.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def _serving_metrics(outcome: RolloutOutcome) -> Any:
+    """The serving digest's validation metrics: the candidate's, once its rollout completed."""
+    cand, model = outcome.model.candidate, outcome.model
+    if (cand is not None and cand.state == "Passed" and outcome.rollout.state == "Complete"
+            and outcome.rollout.target_digest == cand.digest):
+        return cand.metrics
+    return model.metrics
 
 
 def _with_model(outcome: RolloutOutcome, **changes: Any) -> RolloutOutcome:

@@ -811,3 +811,120 @@ def render_children(inp: RenderInputs) -> list[Manifest]:
     if inp.spec.monitoring.service_monitor and inp.service_monitor_available:
         children.append(build_service_monitor(inp))
     return children
+
+
+# ---------------------------------------------------------------- validation Job (quality gate)
+
+VALIDATION_APP = "deepdetect-validation"  # not the server's name label: the Service must never select these
+DATASET_PATH = f"{MODELS_DIR}/dataset.safetensors"
+TERMINATION_LOG = "/dev/termination-log"
+_GATE_FLAGS = (("min_auc", "--min-auc"), ("max_log_loss", "--max-log-loss"),
+               ("min_accuracy", "--min-accuracy"), ("min_precision", "--min-precision"),
+               ("min_recall", "--min-recall"))
+
+
+def validation_job_name(name: str, digest: str) -> str:
+    return naming.child_name(name, "validate-" + digest.split(":", 1)[-1][:12])
+
+
+def validation_selector(name: str) -> str:
+    return f"{naming.LABEL_NAME}={VALIDATION_APP},{naming.LABEL_INSTANCE}={naming.label_value(name)}"
+
+
+def _validation_labels(name: str, digest: str) -> dict[str, str]:
+    return {
+        naming.LABEL_NAME: VALIDATION_APP,
+        naming.LABEL_INSTANCE: naming.label_value(name),
+        naming.LABEL_COMPONENT: "validation",
+        naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+        "deepdetect.io/candidate-digest": naming.label_value(digest.split(":", 1)[-1][:63]),
+    }
+
+
+def _evaluate_command(inp: RenderInputs) -> list[str]:
+    val = inp.spec.rollout.validation
+    assert val is not None
+    command = ["deepdetect-server", "evaluate", "--checkpoint", CHECKPOINT_PATH, "--dataset", DATASET_PATH,
+               "--device", "cuda" if val.resources.gpus > 0 else "cpu", "--termination-log", TERMINATION_LOG]
+    # Score as the pods will serve: same runtime and precision (int8 needs its sample set: its drift gate
+    # against fp32 is the server's own check, so the gate scores the fp32 model).
+    model = inp.spec.model
+    precision = "fp32" if model.precision == "int8" else model.precision
+    command += ["--runtime", model.runtime, "--precision", precision]
+    if inp.spec.model.threshold is not None:  # serving applies it: so must the gate
+        command += ["--threshold", repr(inp.spec.model.threshold)]
+    for field, flag in _GATE_FLAGS:
+        bound = getattr(val.gates, field)
+        if bound is not None:
+            command += [flag, repr(float(bound))]
+    return command
+
+
+def build_validation_job(inp: RenderInputs) -> Manifest:
+    """A Job that fetches the candidate checkpoint (`inp.checkpoint_digest`) and the labelled set, then
+    runs `evaluate` with the spec's gates: it succeeds only when every gate passes. One try
+    (backoffLimit 0): a gate that fails once fails again on the same bytes."""
+    val = inp.spec.rollout.validation
+    assert val is not None
+    digest = inp.checkpoint_digest
+    labels = _validation_labels(inp.name, digest)
+    fetch_ckpt = build_fetch_container(inp)
+    fetch_data = copy.deepcopy(fetch_ckpt)
+    data_cmd = ["deepdetect-server", "fetch", "--uri", val.dataset_uri]
+    if val.dataset_sha256:
+        data_cmd += ["--sha256", val.dataset_sha256]
+    fetch_data.update({
+        "name": "fetch-dataset",
+        "command": [*data_cmd, "--dest", DATASET_PATH],
+        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+    })
+    cpu, memory = quantity.canonical(val.resources.cpu), quantity.canonical(val.resources.memory)
+    limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if val.resources.gpus > 0:
+        limits[inp.spec.resources.gpu_resource] = str(val.resources.gpus)
+    evaluate = {
+        "name": "evaluate",
+        "image": _image(inp),
+        "imagePullPolicy": "IfNotPresent",
+        "command": _evaluate_command(inp),
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
+        "securityContext": _restricted_security_context(),
+        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+        # The compact JSON summary the operator reads back from the Pod's status (validation.py).
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    volumes: list[Manifest] = [{"name": "models", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    _, source_volume = _checkpoint_source(inp)
+    if source_volume is not None:
+        volumes.append(source_volume)
+    scheduling = _scheduling(inp.spec) if val.resources.gpus > 0 else {
+        k: v for k, v in _scheduling(inp.spec).items() if k != "tolerations"}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security_context(),
+        **scheduling,
+        "initContainers": [fetch_ckpt, fetch_data],
+        "containers": [evaluate],
+        "volumes": volumes,
+    }
+    meta = _metadata(inp, validation_job_name(inp.name, digest), "validation")
+    meta["labels"] = {**meta["labels"], **labels}
+    meta["annotations"] = {ANNOTATION_CHECKPOINT_DIGEST: digest}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": val.timeout_seconds,
+            "template": {
+                "metadata": {"labels": labels, "annotations": {ANNOTATION_CHECKPOINT_DIGEST: digest}},
+                "spec": pod_spec,
+            },
+        },
+    }

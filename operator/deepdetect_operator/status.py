@@ -36,6 +36,7 @@ REASON_SECRET_NOT_FOUND = "SecretNotFound"
 REASON_APPLY_FAILED = "ApplyFailed"
 REASON_JOBS_NEED_REDIS = "JobsNeedRedis"
 REASON_DEADLINE = "ProgressDeadlineExceeded"
+REASON_VALIDATING = "Validating"
 # Reasons after which no replica may serve: with none ready the phase is Failed, not Degraded.
 _ROLLOUT_REASONS = {"RolloutFailed", "CheckpointFetchFailed", REASON_DEADLINE}
 
@@ -123,6 +124,7 @@ class StatusInputs:
     checkpoint: CheckpointResult | None = None
     model: ModelStatus | None = None  # None: keep the previous one
     rollout: RolloutStatus | None = None
+    validating: str | None = None  # a candidate's validation Job runs: Progressing, reason Validating
 
 
 # ---------------------------------------------------------------- conditions
@@ -206,6 +208,10 @@ def compute_status(inp: StatusInputs) -> DeepDetectServiceStatus:
             # From the Deployment's counts only: the same cluster state always gives the same status.
             msg = f"{view.updated}/{view.desired} replicas updated, {view.available} available"
             put(COND_PROGRESSING, "True", "RollingOut", msg)
+    if inp.validating is not None:
+        put(COND_PROGRESSING, "True", REASON_VALIDATING, inp.validating)
+        if phase in ("Ready", "Pending"):
+            phase = "Progressing"
     if problem is not None:
         put(COND_DEGRADED, "True", problem.reason, problem.message)
     else:
@@ -264,9 +270,23 @@ def status_patch(raw_previous: dict[str, Any] | None, new: DeepDetectServiceStat
     stored = {k: v for k, v in (raw_previous or {}).items() if k in _STATUS_KEYS}
     if stored == new_dump:
         return None
-    patch: dict[str, Any] = dict(new_dump)
-    for key in stored:
-        if key not in new_dump:
+    return _merge_diff(stored, new_dump)
+
+
+def _merge_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch turning `old` into `new`: nested objects are merged by the server, so a key that
+    disappears at any depth (status.model.candidate.metrics) must be sent as null, or it stays forever."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = _merge_diff(before, value)
+            if sub or not value:
+                patch[key] = sub if value else value
+        elif before != value or key not in old:
+            patch[key] = value
+    for key in old:
+        if key not in new:
             patch[key] = None
     return patch
 

@@ -237,6 +237,14 @@ OPERATOR_SCENARIOS: list[tuple[str, dict[str, Any], str]] = [
     ("progress deadline, nothing ready", {"deployment": _deployment(1, 0, 1, deadline=True)}, "Degraded"),
     ("serving but a referenced Secret is missing", {"deployment": _deployment(1, 1, 1), "problem": (
         "SecretNotFound", "secret faces-creds not found")}, "Degraded"),
+    # The quality gate: a candidate under validation while the old digest serves, and one that failed.
+    ("serving, a candidate is validated", {"deployment": _deployment(2, 2, 2),
+                                           "validating": "validating sha256:ab in Job faces-validate-ab"},
+     "Progressing"),
+    ("first checkpoint validated, nothing serves yet", {"deployment": None, "validating": "validating"},
+     "Progressing"),
+    ("serving, the candidate failed its gate", {"deployment": _deployment(2, 2, 2), "problem": (
+        "ValidationFailed", "ValidationFailed: sha256:cd: gate --min-auc 0.9 failed")}, "Degraded"),
 ]
 
 
@@ -265,6 +273,7 @@ def test_argocd_health_of_operator_statuses(case: str, inputs: dict[str, Any], h
         deployment=inputs["deployment"],
         problem=problem,
         checkpoint=CheckpointResult(ok=True, message="resolved"),
+        validating=inputs.get("validating"),
     ))
     result = run_health(dds(dump_status(status)))
     assert result["status"] == health, (dump_status(status), result)

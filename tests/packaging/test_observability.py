@@ -45,6 +45,7 @@ REQUIRED_PANELS = {
     "operator reconciles": r"reconciles by result",
     "operator failures": r"reconcile failures",
     "rollout state": r"rollout state",
+    "validation": r"validation",
 }
 REQUIRED_ALERTS = {
     "DeepDetectHighErrorRate",
@@ -288,7 +289,7 @@ def operator_metrics() -> dict[str, set[str]]:
     metrics = OperatorMetrics()
     metrics.observe(
         "trust-safety", "faces", result="ok", seconds=0.02, phase="Ready", rollout_state="Complete",
-        checkpoint_ok=True,
+        checkpoint_ok=True, validation_state="Passed",
     )
     port = _free_port()
     metrics.serve(port, addr="127.0.0.1")

@@ -39,6 +39,7 @@ EXPECTED_CALLS: dict[tuple[str, str], set[str]] = {
     ("deepdetect.io", "deepdetectservices"): {"get", "list", "watch", "patch"},
     ("deepdetect.io", "deepdetectservices/status"): {"patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
     ("", "services"): {"get", "create", "patch"},
     ("", "configmaps"): {"get", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
@@ -277,7 +278,8 @@ async def run_operator_lifecycle(tmp_path: Path) -> set[tuple[str, str, str]]:
     """The real operator (kopf + reconciler), configured as the shipped Deployment configures it
     (cluster-wide, standalone), against the project's kmock-based API server, through a CR's whole life:
     create with an API key, autoscaling and a ServiceMonitor; become available; a new checkpoint; features
-    switched off; a missed progress deadline (rollback, Events); deletion. Returns what it called."""
+    switched off; a missed progress deadline (rollback, Events); validation Jobs for two new digests (one
+    failed, then pruned); deletion. Returns what it called."""
     import asyncio
 
     import aiohttp
@@ -367,6 +369,30 @@ async def run_operator_lifecycle(tmp_path: Path) -> set[tuple[str, str, str]]:
                             "NetworkPolicy deleted")
                 await set_deployment_status(available=False)
                 await until(lambda: phase() in ("Degraded", "Failed"), "rollout failure noticed")
+                # The quality gate: a validation Job per new digest, read back, the old one pruned.
+                jobs = "batch/v1/jobs"
+
+                def candidate() -> dict[str, Any]:
+                    status = (emu.stored(crs, ns, name) or {}).get("status") or {}
+                    return (status.get("model") or {}).get("candidate") or {}
+
+                async def new_digest(validation: dict[str, Any]) -> dict[str, Any]:
+                    before = candidate().get("job")
+                    checkpoint.write_bytes(f"checkpoint bytes {validation}".encode())
+                    resp = await http.patch(f"{cr_url}/{name}", json={"spec": {"rollout": {
+                        "validation": validation}}}, headers={"Content-Type": "application/merge-patch+json"})
+                    assert resp.status == 200
+                    await until(lambda: candidate().get("job") not in (None, before)
+                                and emu.stored(jobs, ns, candidate()["job"]), "validation Job")
+                    return dict(emu.stored(jobs, ns, candidate()["job"]))
+
+                gate = {"datasetUri": "https://data.example/set.safetensors", "historyLimit": 1}
+                first = await new_digest(gate)
+                await emu.set_status(jobs, ns, first["metadata"]["name"], {"failed": 1, "conditions": [
+                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]})
+                await until(lambda: candidate().get("state") == "Failed", "validation failure noticed")
+                await new_digest({**gate, "timeoutSeconds": 900})
+                await until(lambda: emu.stored(jobs, ns, first["metadata"]["name"]) is None, "old Job pruned")
                 assert (await http.delete(f"{cr_url}/{name}")).status == 200
                 await until(lambda: emu.stored(crs, ns, name) is None, "CR finalized")
         finally:
