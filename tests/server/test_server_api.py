@@ -87,6 +87,24 @@ def test_v1_multipart_and_raw_body(client: httpx.Client, photos: dict[str, bytes
         assert body["latency_ms"] > 0
 
 
+def test_v1_serves_the_cards_reduced_decode(start_server, tmp_path: Path, photos: dict[str, bytes]) -> None:
+    """`decode: reduced` is the card's declared path: the server scores those pixels, not a full decode."""
+    from server_helpers import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "reduced.safetensors", 64, decode="reduced")
+    loaded = load_checkpoint(ckpt)
+    det = Detector(loaded.card, loaded.tensors, device="cpu")
+    full_card = loaded.card.model_copy(update={"decode": "full"})
+    data = photos["astronaut"]  # 512 px: a 64 px input lets the JPEG decoder scale by 1/4
+    reduced = Preprocessor(loaded.card, 10**9)(data)
+    full = Preprocessor(full_card, 10**9)(data)
+    assert not np.array_equal(reduced, full)  # the two paths really differ on this photo
+    srv = start_server(checkpoint=ckpt, cache_enabled=False)
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        body = c.post("/v1/detect", content=data, headers={"Content-Type": "image/jpeg"}).json()
+    assert body["score"] == pytest.approx(det.predict([reduced])[0], abs=1e-6)
+
+
 def test_v1_accepts_each_image_format(client: httpx.Client, photo_arrays: dict[str, np.ndarray]) -> None:
     arr = photo_arrays["chelsea"]
     for fmt in ("PNG", "WEBP", "GIF", "JPEG"):
