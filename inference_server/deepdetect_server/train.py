@@ -5,7 +5,10 @@ and weights), or a fresh card for `--arch/--input-size` built by the same `card_
 `checkpoint create`. Every field of that card flows into the output unchanged (preprocessing, faces...),
 and only `threshold` and `training` are written here. Images become tensors through the serving
 `Preprocessor` and `normalize_batch`, so the model sees in training the pixels it will see in serving;
-the only extra is augmentation (a horizontal flip), and only in training.
+the only extra is augmentation (a horizontal flip), and only in training. A card with a `faces` block is
+trained on the face crops the serving code (`inputs.picture_inputs`: the card's detector, margin and
+selection) cuts from each picture, every crop labelled as its picture; a picture is scored, as in serving,
+by its most fake face, and pictures with no face are left out (and counted).
 
 Deterministic for a seed (shuffles, flips and init come from seeded generators; torch is put in
 deterministic mode), resumable (`--state FILE` after every epoch: weights, optimizer, epoch; loaded with
@@ -30,6 +33,8 @@ from . import quality
 from .checkpoint import ModelCard, TrainingInfo, card_for_architecture, card_from_bytes, save_checkpoint
 from .dataset import Dataset, DatasetError, load_dataset
 from .errors import CheckpointError
+from .inputs import picture_inputs
+from .media import decode_rgb, open_image
 from .preprocess import Preprocessor, normalize_batch
 from .runtimes.base import probabilities
 
@@ -53,6 +58,7 @@ def base_card(args: argparse.Namespace) -> tuple[ModelCard, dict[str, torch.Tens
         positive_label=labels[-1],
         num_outputs=args.num_outputs,
         resize=args.resize,
+        faces={"detector": args.faces} if args.faces else None,
     )
     return card, None
 
@@ -76,10 +82,40 @@ def build_model(
     return model, source
 
 
-def to_arrays(dataset: Dataset, prep: Preprocessor) -> tuple[np.ndarray, np.ndarray]:
-    """The serving preprocessing of every item: uint8 NHWC, and labels (1 = positive)."""
-    images = np.stack([prep(it.data) for it in dataset.items])
-    return images, np.array([it.label for it in dataset.items], dtype=np.int64)
+class Inputs:
+    """The model inputs of a set's pictures as serving cuts them: uint8 NHWC `x`, label `y` (1 = positive)
+    and `owner` (the picture each input came from); `labels` per picture that gave at least one input."""
+
+    def __init__(self, dataset: Dataset, prep: Preprocessor, card: ModelCard) -> None:
+        xs: list[np.ndarray] = []
+        owners: list[int] = []
+        for i, item in enumerate(dataset.items):
+            for arr in picture_arrays(item.data, prep, card):
+                xs.append(arr)
+                owners.append(i)
+        if not xs:
+            raise DatasetError("no picture of the set gave a model input (no face found in any)")
+        item_labels = np.array([it.label for it in dataset.items], dtype=np.int64)
+        self.x = np.stack(xs)
+        self.owner = np.array(owners, dtype=np.int64)
+        self.y = item_labels[self.owner]
+        self.pictures = np.unique(self.owner)  # sorted: the pictures that are scored
+        self.labels = item_labels[self.pictures]
+        self.without_input = len(dataset.items) - len(self.pictures)
+
+    def per_picture(self, scores: np.ndarray) -> np.ndarray:
+        """A picture's score is its most fake input (serving's rule for a frame with several faces)."""
+        best = np.full(int(self.owner.max()) + 1, -np.inf)
+        np.maximum.at(best, self.owner, scores)
+        return best[self.pictures]
+
+
+def picture_arrays(data: bytes, prep: Preprocessor, card: ModelCard) -> list[np.ndarray]:
+    """The serving path of one still image: the whole picture, or one input per face the card selects."""
+    if card.faces is None:
+        return [prep(data)]
+    rgb, _ = decode_rgb(open_image(data, MAX_PIXELS))
+    return [arr for _, arr in picture_inputs(np.asarray(rgb), card, prep).inputs]
 
 
 class Trainer:
@@ -146,17 +182,17 @@ class Trainer:
 def train(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     torch.use_deterministic_algorithms(True, warn_only=True)
     card, start = base_card(args)
-    if getattr(card, "faces", None) is not None:
-        # Serving would score face crops; training on whole pictures would teach the wrong pixels.
-        raise CheckpointError("this card crops faces (card.faces), and train does not crop faces yet: "
-                              "train from a card without faces")
     dataset = load_dataset(args.dataset, (card.negative_label, card.positive_label))
     train_set, val_set = dataset.split(args.val_fraction, args.seed)
     if not train_set.items or not val_set.items:
         raise DatasetError("the set is too small to split into training and validation items")
     prep = Preprocessor(card, MAX_PIXELS)
-    train_x, train_y = to_arrays(train_set, prep)
-    val_x, val_y = to_arrays(val_set, prep)
+    train_in, val_in = Inputs(train_set, prep, card), Inputs(val_set, prep, card)
+    for name, part in (("training", train_in), ("validation", val_in)):
+        if part.without_input:
+            log(f"{name}: {part.without_input} of {part.without_input + len(part.pictures)} pictures "
+                "have no face the card's detector finds: left out")
+    val_y = val_in.labels
     device = torch.device(
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
@@ -171,15 +207,15 @@ def train(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
         # Cosine decay from the epoch number alone: a resumed run gets the same rate as an unbroken one.
         for group in trainer.optimizer.param_groups:
             group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
-        loss = trainer.epoch(train_x, train_y, args.batch_size, seed=args.seed * 1000 + epoch)
-        val_scores = trainer.scores(val_x)
+        loss = trainer.epoch(train_in.x, train_in.y, args.batch_size, seed=args.seed * 1000 + epoch)
+        val_scores = val_in.per_picture(trainer.scores(val_in.x))
         auc = quality.roc_auc(val_y, val_scores)
         shown = "n/a" if auc is None else f"{auc:.4f}"
         took = time.perf_counter() - started
         log(f"epoch {epoch + 1}/{args.epochs}  loss {loss:.4f}  val_auc {shown}  {took:.1f}s")
         if args.state:
             trainer.save_state(args.state, epoch + 1)
-    val_scores = trainer.scores(val_x)
+    val_scores = val_in.per_picture(trainer.scores(val_in.x))
     threshold = quality.best_threshold(val_y, val_scores)
     metrics = quality.summary(val_y, val_scores, threshold)
     info = TrainingInfo(
@@ -217,6 +253,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", default="real,fake", help="negative,positive (without --from)")
     parser.add_argument("--num-outputs", type=int, choices=(1, 2), default=2)
     parser.add_argument("--resize", choices=("crop", "pad"), default="crop")
+    parser.add_argument("--faces", choices=("haar", "hog"), default="",
+                        help="(without --from) crop faces with this detector, in training and serving")
     parser.add_argument("--init", type=Path, help="local .safetensors weights to start from (no downloads)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)

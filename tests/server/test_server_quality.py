@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -321,3 +322,67 @@ def test_train_learns_the_toy_manipulation_and_serves(tmp_path: Path, start_serv
             assert resp.status_code == 200, resp.text
             scores.setdefault(label, []).append(resp.json()["score"])
     assert np.mean(scores["fake"]) > np.mean(scores["real"])
+
+
+def _face_set(root: Path, count: int, seed: int) -> None:
+    """Astronaut shots (random scale and shift; the face stays in view) with the face left alone (real/) or
+    resampled to a quarter and back (fake/), plus one faceless photo per class: serving would say no_face."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    rng = np.random.default_rng(seed)
+    photo = Image.fromarray(skdata.astronaut())
+    face = (170, 40, 290, 190)
+    for label in ("real", "fake"):
+        (root / label).mkdir(parents=True)
+        for i in range(count):
+            img = photo.copy()
+            if label == "fake":
+                region = img.crop(face)
+                small = region.resize((region.width // 4, region.height // 4), Image.BILINEAR)
+                img.paste(small.resize(region.size, Image.BILINEAR), face[:2])
+            side = int(rng.integers(300, 420))
+            left, top = int(rng.integers(0, 512 - side + 1)), int(rng.integers(0, 512 - side + 1))
+            left, top = min(left, face[0]), min(top, face[1])  # the face stays in the shot
+            shot = img.crop((left, top, left + side, top + side)).resize((256, 256), Image.BICUBIC)
+            buf = io.BytesIO()
+            shot.save(buf, "JPEG", quality=int(rng.integers(85, 96)))
+            (root / label / f"{i:03d}.jpg").write_bytes(buf.getvalue())
+        buf = io.BytesIO()
+        Image.fromarray(skdata.coffee()).save(buf, "JPEG")
+        (root / label / "zz-no-face.jpg").write_bytes(buf.getvalue())
+
+
+def test_train_on_a_faces_card_learns_from_the_crops_serving_cuts(tmp_path: Path, start_server: Any) -> None:
+    """`--faces haar`: the inputs are the crops `picture_inputs` cuts (not whole pictures), faceless pictures
+    are left out and said so, the card keeps its faces block, and the checkpoint serves face verdicts."""
+    from deepdetect_server.checkpoint import card_for_architecture
+    from deepdetect_server.preprocess import Preprocessor
+    from deepdetect_server.train import Inputs
+
+    root = tmp_path / "faces"
+    _face_set(root, count=20, seed=3)
+    dataset = load_dataset(root)
+    card = card_for_architecture(ARCH, SIZE, faces={"detector": "haar"})
+    inputs = Inputs(dataset, Preprocessor(card, 10**9), card)
+    assert inputs.without_input == 2  # the two coffee photos
+    assert len(inputs.x) >= 40 and inputs.x.shape[1:] == (SIZE, SIZE, 3)
+    whole = Preprocessor(card, 10**9)(dataset.items[0].data)
+    assert not any(np.array_equal(whole, x) for x in inputs.x)  # crops, not the whole picture
+
+    lines: list[str] = []
+    out = tmp_path / "faces.safetensors"
+    result = train(train_args(root, out, epochs=6, lr=3e-3, faces="haar"), log=lines.append)
+    assert any("have no face" in line for line in lines), lines
+    saved = card_from_bytes(out.read_bytes())
+    assert saved.faces is not None and saved.faces.detector == "haar"
+    print("faces-card validation metrics:", result["val_metrics"])
+    assert result["val_metrics"]["auc"] >= 0.75
+
+    srv = start_server(checkpoint=out, runtime="torch", auth_mode="none", cache_enabled=False)
+    shot = (root / "real" / "000.jpg").read_bytes()
+    body = httpx.post(f"{srv.url}/v1/detect", content=shot, headers={"Content-Type": "image/jpeg"}).json()
+    assert body["outcome"] == "scored" and body["faces_found"] >= 1 and body["frames"][0]["box"]
+    coffee = (root / "real" / "zz-no-face.jpg").read_bytes()
+    body = httpx.post(f"{srv.url}/v1/detect", content=coffee, headers={"Content-Type": "image/jpeg"}).json()
+    assert body["outcome"] == "no_face" and body["score"] is None
