@@ -30,6 +30,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await memo.reconciler.api.close()
+        await memo.reconciler.resolver.close()
 
     @kopf.on.probe(id="reconciles", registry=registry)
     def reconciles(memo: kopf.Memo, **_: Any) -> int:

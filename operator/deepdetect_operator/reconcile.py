@@ -48,7 +48,6 @@ from deepdetect_operator.checkpoints import (
     CheckpointResolveError,
     parse_duration,
     redact_uri,
-    resolve_checkpoint,
 )
 from deepdetect_operator.cli import flatten_validation_error
 from deepdetect_operator.kubeapi import (
@@ -66,6 +65,7 @@ from deepdetect_operator.kubeapi import (
     resource_of,
 )
 from deepdetect_operator.metrics import OperatorMetrics
+from deepdetect_operator.resolution import CheckpointResolver
 from deepdetect_operator.rollout import RolloutInput, RolloutOutcome, evaluate_rollout
 from deepdetect_operator.status import (
     REASON_APPLY_FAILED,
@@ -88,6 +88,9 @@ REPLICAS_HANDOVER_MANAGER = f"{FIELD_MANAGER}-replicas-handover"
 REASON_CHECKPOINT_UNRESOLVED = "CheckpointNotResolved"
 REASON_CHILD_CONFLICT = "ChildConflict"
 API_KEY_BYTES = 32
+# A forced resolution (spec change, restart) accepts a result this fresh: 1,000 CRs created or resumed
+# together on one checkpoint then cost one request, not one per CR.
+FORCED_MAX_AGE_S = 10.0
 
 EventFn = Callable[[dict[str, Any], str, str, str], None]
 
@@ -243,6 +246,7 @@ class Reconciler:
         self._last_pass: dict[str, float] = {}
         self._last_resolve: dict[str, float] = {}
         self._sm_cache: tuple[bool, float] | None = None
+        self.resolver = CheckpointResolver(timeout_s=self.config.resolve_timeout_s, clock=clock)
         self.passes = 0  # completed passes (kopf's liveness probe reports it)
 
     # ------------------------------------------------------------ triggers
@@ -475,16 +479,17 @@ class Reconciler:
             or previous.observed_generation != meta.get("generation")
             or not previous.model.digest
         )
+        poll = parse_duration(ckpt.poll_interval)
         if not due:
-            poll = parse_duration(ckpt.poll_interval)
             due = poll > 0 and self.clock() - self._last_resolve[uid] >= poll
         resolved_now = False
         if due:
             self._last_resolve[uid] = self.clock()
             try:
-                resolved = await resolve_checkpoint(
-                    ckpt, secret_data=creds, timeout_s=self.config.resolve_timeout_s
-                )
+                max_age = FORCED_MAX_AGE_S if poll <= 0 else poll
+                if force_resolve:
+                    max_age = min(max_age, FORCED_MAX_AGE_S)
+                resolved = await self.resolver.resolve(ckpt, secret_data=creds, max_age_s=max_age)
             except CheckpointResolveError as exc:
                 resolved_digest = None
                 result.checkpoint = CheckpointResult(False, str(exc))
