@@ -89,7 +89,7 @@ class CheckpointResolver:
     async def resolve(
         self, spec: CheckpointSpec, *, secret_data: dict[str, str] | None = None, max_age_s: float = 0.0
     ) -> ResolvedCheckpoint:
-        """The digest of `spec`, from a result younger than `max_age_s`, a resolution in flight, or a new one."""
+        """The digest of `spec`: a result younger than `max_age_s`, the one in flight, or a new one."""
         if spec.sha256:  # a pin never asks the source
             return await resolve_checkpoint(spec)
         key = source_key(spec, secret_data)
