@@ -297,7 +297,8 @@ async def main_cluster(sizes: list[int], mode: Mode) -> int:
     print(f"operator benchmark, cluster-like (emulator + ReplicaSet/Pod controller, {mode.uris} checkpoint "
           f"URI(s) over HTTPS, pollInterval {mode.poll_s}s, quiet window {mode.quiet_s:.0f}s)")
     print(f"{'CRs':>6} {'all Ready s':>11} {'req/CR':>7} {'writes/CR':>9} {'ckpt req/interval':>17} "
-          f"{'quiet writes':>12} {'quiet reads':>11} {'peak RSS MB':>11} {'CPU s/CR':>9}", flush=True)  # fmt: skip
+          f"{'quiet writes':>12} {'quiet reads':>11} {'peak RSS MB':>11} {'CPU s/CR':>9}",
+          flush=True)  # fmt: skip
     failed = 0
     with tempfile.TemporaryDirectory() as tmp, CheckpointServer(Path(tmp)) as store:
         for size in sizes:
@@ -308,8 +309,8 @@ async def main_cluster(sizes: list[int], mode: Mode) -> int:
                 failed += 1
                 continue
             print(f"{r.size:>6} {r.reconcile_s:>11.1f} {r.requests_per_cr:>7.2f} {r.writes_per_cr:>9.2f} "
-                  f"{r.ckpt_per_interval:>17.1f} {r.noop_writes:>12} {r.quiet_reads:>11} {r.peak_rss_mb:>11.0f} "
-                  f"{r.cpu_s / r.size:>9.4f}", flush=True)  # fmt: skip
+                  f"{r.ckpt_per_interval:>17.1f} {r.noop_writes:>12} {r.quiet_reads:>11} "
+                  f"{r.peak_rss_mb:>11.0f} {r.cpu_s / r.size:>9.4f}", flush=True)  # fmt: skip
     return 1 if failed else 0
 
 
