@@ -14,6 +14,7 @@ import kopf
 from deepdetect_operator import naming
 from deepdetect_operator.api import GROUP, PLURAL, VERSION
 from deepdetect_operator.kubeapi import kopf_login
+from deepdetect_operator.readcache import WATCHED_CHILDREN
 from deepdetect_operator.reconcile import OperatorConfig
 
 CHILD_LABELS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
@@ -56,6 +57,22 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     @kopf.on.delete(*CR, id="forget", registry=registry)
     async def deleted(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
         memo.reconciler.forget(namespace, name, uid)
+        _observer(memo)("DELETED", {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DeepDetectService",
+                                    "metadata": {"namespace": namespace, "name": name}})  # fmt: skip
+
+    # Every watch event of a cached kind feeds the reconciler's read cache (readcache.py) first.
+    @kopf.on.event(*CR, id="cache-cr", registry=registry)
+    def cache_cr(type: str | None, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        _observer(memo)(type or "ADDED", dict(event["object"]))
+
+    for res in WATCHED_CHILDREN:
+        if res.plural == "deployments":
+            continue  # fed by the child-event handler below, before it triggers a pass
+
+        @kopf.on.event(res.group, res.version, res.plural, labels=CHILD_LABELS, id=f"cache-{res.plural}",
+                       registry=registry)  # fmt: skip
+        def cache_child(type: str | None, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+            _observer(memo)(type or "ADDED", dict(event["object"]))
 
     @kopf.index(*CR, id="dds_by_instance", registry=registry)
     async def dds_by_instance(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[Any, Any]:
@@ -69,11 +86,20 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             dds_by_instance: kopf.Index[Any, Any],
             memo: kopf.Memo,
             logger: Any,
+            type: str | None,
+            event: kopf.RawEvent,
             **_: Any,
         ) -> None:
+            if not pods:
+                _observer(memo)(type or "ADDED", dict(event["object"]))
             await memo.reconciler.child_changed(namespace, labels, dds_by_instance, logger=logger, pods=pods)
 
     on_child_event("apps", "deployments", pods=False)
     on_child_event("", "pods", pods=True)
 
     return registry
+
+
+def _observer(memo: kopf.Memo) -> Any:
+    """The read cache's `observe`, or a no-op for a reconciler built on a plain KubeAPI (unit use)."""
+    return getattr(memo.reconciler.api, "observe", lambda *_: None)

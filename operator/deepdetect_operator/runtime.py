@@ -24,6 +24,7 @@ from deepdetect_operator.handlers import build_registry
 from deepdetect_operator.kubeapi import KubeAPI, kopf_login
 from deepdetect_operator.leader import LeaderElector
 from deepdetect_operator.metrics import OperatorMetrics
+from deepdetect_operator.readcache import WATCHED_CHILDREN, CachingKubeAPI
 from deepdetect_operator.reconcile import OperatorConfig, Reconciler
 
 FINALIZER = f"{GROUP}/finalizer"
@@ -150,8 +151,9 @@ def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.background.cancellation_polling = TIMER_EXIT_POLL_S
     # Only our children and pods: the API server filters, the operator never sees the rest of the cluster.
     managed = "app.kubernetes.io/managed-by=deepdetect-operator"
-    settings.watching.label_selectors["apps", "deployments"] = managed
     settings.watching.label_selectors["", "v1", "pods"] = managed
+    for res in WATCHED_CHILDREN:  # the read cache's watches (readcache.py)
+        settings.watching.label_selectors[res.group, res.version, res.plural] = managed
     # kopf's bookkeeping: annotations under our prefix, never spec, never our status fields.
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -172,7 +174,7 @@ def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
 
 
 def build_memo(config: OperatorConfig, metrics: OperatorMetrics | None = None) -> kopf.Memo:
-    api = KubeAPI(
+    api = CachingKubeAPI(
         request_timeout=config.request_timeout_s,
         connect_timeout=config.watch_connect_timeout_s,
         temporary_delay=config.retry_delay_s,
