@@ -92,6 +92,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         ) -> None:
             if not pods:
                 _observer(memo)(type or "ADDED", dict(event["object"]))
+            elif "pod_transitions" in memo and not memo.pod_transitions.changed(type, event["object"]):
+                return  # nothing the rollout reads moved (podfilter.py)
             await memo.reconciler.child_changed(namespace, labels, dds_by_instance, logger=logger, pods=pods)
 
     on_child_event("apps", "deployments", pods=False)

@@ -24,6 +24,7 @@ from deepdetect_operator.handlers import build_registry
 from deepdetect_operator.kubeapi import KubeAPI, kopf_login
 from deepdetect_operator.leader import LeaderElector
 from deepdetect_operator.metrics import OperatorMetrics
+from deepdetect_operator.podfilter import PodTransitions
 from deepdetect_operator.readcache import WATCHED_CHILDREN, CachingKubeAPI
 from deepdetect_operator.reconcile import OperatorConfig, Reconciler
 
@@ -179,7 +180,9 @@ def build_memo(config: OperatorConfig, metrics: OperatorMetrics | None = None) -
         connect_timeout=config.watch_connect_timeout_s,
         temporary_delay=config.retry_delay_s,
     )
-    return kopf.Memo(reconciler=Reconciler(api, config, metrics or OperatorMetrics()))
+    return kopf.Memo(
+        reconciler=Reconciler(api, config, metrics or OperatorMetrics()), pod_transitions=PodTransitions()
+    )
 
 
 async def run_operator(
