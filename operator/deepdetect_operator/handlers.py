@@ -14,7 +14,7 @@ import kopf
 from deepdetect_operator import naming
 from deepdetect_operator.api import GROUP, PLURAL, VERSION
 from deepdetect_operator.kubeapi import kopf_login
-from deepdetect_operator.readcache import WATCHED_CHILDREN
+from deepdetect_operator.readcache import WATCHED_CHILDREN, CachingKubeAPI
 from deepdetect_operator.reconcile import OperatorConfig
 
 CHILD_LABELS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
@@ -57,8 +57,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     @kopf.on.delete(*CR, id="forget", registry=registry)
     async def deleted(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
         memo.reconciler.forget(namespace, name, uid)
-        _observer(memo)("DELETED", {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DeepDetectService",
-                                    "metadata": {"namespace": namespace, "name": name}})  # fmt: skip
+        if isinstance(memo.reconciler.api, CachingKubeAPI):
+            memo.reconciler.api.forget(namespace, name)
 
     # Every watch event of a cached kind feeds the reconciler's read cache (readcache.py) first.
     @kopf.on.event(*CR, id="cache-cr", registry=registry)
