@@ -212,6 +212,13 @@ async def run_size(
                 if time.monotonic() > deadline or proc.returncode is not None:
                     err = (workdir / f"operator-{size}.log").read_text()[-2000:]
                     errors = controller.errors[:3] if controller else []
+                    if mode.cluster and proc.returncode is None:  # what it cost so far, for the table
+                        cpu = psutil.Process(proc.pid).cpu_times()
+                        raise RuntimeError(
+                            f"only {done(emu)}/{size} Ready after {time.monotonic() - t0:.0f}s; peak RSS "
+                            f"{sampler.peak / 2**20:.0f} MB, CPU {(cpu.user + cpu.system) / size:.4f} s/CR "
+                            f"{errors}"
+                        )
                     raise RuntimeError(f"only {done(emu)}/{size} reconciled; {errors} {err}")
                 await asyncio.sleep(0.5 if mode.cluster else 0.2)
             reconcile_s = time.monotonic() - t0
