@@ -6,8 +6,10 @@ owns (ConfigMap, Service, Deployment, HPA, PDB, NetworkPolicy; server-side label
 `managed-by=deepdetect-operator`). Writes go to the API server and their answers update the cache, so the
 next pass compares against what the server stored, not against a watch event still in flight.
 
-- A cached object is compacted: no `managedFields` except our own Apply entry (the replicas handover reads
-  it), no kopf bookkeeping annotations: what the reconciler never reads is not kept 1,000 times.
+- A cached object is compacted (no `managedFields` except our own Apply entry, which the replicas handover
+  reads; no kopf bookkeeping annotations) and kept as compact JSON bytes: a Deployment as Python dicts is
+  several times its JSON size, and 1,000 CRs mean 7,000 cached objects. A hit is parsed again (tens of
+  microseconds), which also hands every caller its own copy to read or change.
 - A newer version never loses to an older one arriving late (resourceVersions compared as numbers when
   both are: etcd revisions, which the emulator mimics; otherwise the latest write or event wins).
 - A 404 is remembered for `absent_ttl_s` for child kinds (the HPA of a CR without autoscaling, say):
@@ -15,12 +17,15 @@ next pass compares against what the server stored, not against a watch event sti
   one created by someone else without our label is invisible to the watch, so the entry expires to bound
   how long the conflict check misses it. The CR itself is never negatively cached.
 - Secrets are not watched (no list/watch on Secrets is granted). The operator's own (the generated API
-  key, labelled managed-by) is kept for `secret_ttl_s` (5 min): a user who deletes it to rotate the key
-  sees a new one within that time. Referenced user Secrets (no label) and Pods go straight to the server.
+  key, labelled managed-by) is kept for `secret_ttl_s` (runtime.py: half the resync interval), so a key
+  rotated by hand still rolls the pods at the next resync, as documented, while the passes in between
+  (checkpoint polls, child events) do not read it. Referenced user Secrets (no label) and Pods go straight
+  to the server.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -47,7 +52,7 @@ __all__ = ["CACHED", "WATCHED_CHILDREN", "CachingKubeAPI", "compact"]
 WATCHED_CHILDREN = (CONFIGMAPS, SERVICES, DEPLOYMENTS, HPAS, PDBS, NETWORKPOLICIES)
 CACHED = frozenset({DEEPDETECTSERVICES, *WATCHED_CHILDREN})
 ABSENT_TTL_S = 300.0
-SECRET_TTL_S = 300.0
+SECRET_TTL_S = 30.0
 
 Key = tuple[Resource, str, str]
 
@@ -72,24 +77,32 @@ def _kopf_key(key: str) -> bool:
     return name == "last-handled-configuration" or name.startswith("reconcile-") or name == "resync"
 
 
-def _newer(candidate: dict[str, Any], stored: dict[str, Any] | None) -> bool:
-    if stored is None:
+def _newer(new: str, old: str | None) -> bool:
+    if old is None:
         return True
-    new = str((candidate.get("metadata") or {}).get("resourceVersion") or "")
-    old = str((stored.get("metadata") or {}).get("resourceVersion") or "")
     if new.isdigit() and old.isdigit():
         return int(new) >= int(old)
     return True
 
 
+def _pack(obj: dict[str, Any]) -> bytes:
+    return json.dumps(compact(obj), separators=(",", ":")).encode()
+
+
 class CachingKubeAPI(KubeAPI):
-    def __init__(self, *args: Any, clock: Callable[[], float] = time.monotonic, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        clock: Callable[[], float] = time.monotonic,
+        secret_ttl_s: float = SECRET_TTL_S,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.clock = clock
         self.absent_ttl_s = ABSENT_TTL_S
-        self._objects: dict[Key, dict[str, Any]] = {}
+        self._objects: dict[Key, tuple[str, bytes]] = {}  # key -> (resourceVersion, compact JSON)
         self._absent: dict[Key, float] = {}  # key -> when the 404 stops counting
-        self.secret_ttl_s = SECRET_TTL_S
+        self.secret_ttl_s = secret_ttl_s
         self._secrets: dict[Key, tuple[dict[str, Any], float]] = {}  # our Secrets, until a deadline
 
     # ------------------------------------------------------------ fed by watches
@@ -114,8 +127,10 @@ class CachingKubeAPI(KubeAPI):
     def _store(self, key: Key, obj: dict[str, Any]) -> None:
         if key[0] != DEEPDETECTSERVICES and not _ours(obj):
             return  # not watched (no label): a cached copy would go stale unseen
-        if _newer(obj, self._objects.get(key)):
-            self._objects[key] = compact(obj)
+        rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        stored = self._objects.get(key)
+        if _newer(rv, stored[0] if stored else None):
+            self._objects[key] = (rv, _pack(obj))
             self._absent.pop(key, None)
 
     def forget(self, namespace: str, name: str) -> None:
@@ -144,7 +159,7 @@ class CachingKubeAPI(KubeAPI):
         key = (res, namespace or "", name)
         hit = self._objects.get(key)
         if hit is not None:
-            return hit
+            return json.loads(hit[1])  # type: ignore[no-any-return]
         until = self._absent.get(key)
         if until is not None and self.clock() < until:
             return None

@@ -179,6 +179,7 @@ def build_memo(config: OperatorConfig, metrics: OperatorMetrics | None = None) -
         request_timeout=config.request_timeout_s,
         connect_timeout=config.watch_connect_timeout_s,
         temporary_delay=config.retry_delay_s,
+        secret_ttl_s=config.resync_seconds / 2,  # a hand-rotated API key still rolls at the next resync
     )
     return kopf.Memo(
         reconciler=Reconciler(api, config, metrics or OperatorMetrics()), pod_transitions=PodTransitions()
