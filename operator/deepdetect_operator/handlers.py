@@ -60,9 +60,10 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         if isinstance(memo.reconciler.api, CachingKubeAPI):
             memo.reconciler.api.forget(namespace, name)
 
-    # Every watch event of a cached kind feeds the reconciler's read cache (readcache.py) first.
+    # Every watch event of a cached kind feeds the reconciler's read cache (readcache.py) first; async, so
+    # on the event loop with the reconciler (kopf runs sync handlers in worker threads).
     @kopf.on.event(*CR, id="cache-cr", registry=registry)
-    def cache_cr(type: str | None, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    async def cache_cr(type: str | None, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         _observer(memo)(type or "ADDED", dict(event["object"]))
 
     for res in WATCHED_CHILDREN:
@@ -71,7 +72,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
         @kopf.on.event(res.group, res.version, res.plural, labels=CHILD_LABELS, id=f"cache-{res.plural}",
                        registry=registry)  # fmt: skip
-        def cache_child(type: str | None, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        async def cache_child(type: str | None, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
             _observer(memo)(type or "ADDED", dict(event["object"]))
 
     @kopf.index(*CR, id="dds_by_instance", registry=registry)
