@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import CheckpointError
 
@@ -33,6 +33,37 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; a bigger header
 ResizeMode = Literal["crop", "pad"]
 DecodeMode = Literal["full", "reduced"]
 Interpolation = Literal["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"]
+
+
+FaceDetectorName = Literal["haar", "hog"]
+AggregationRule = Literal["mean", "confident", "topk"]
+
+
+class FacesSpec(BaseModel):
+    """Crop faces before scoring: which detector, how much context around the box, which faces."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detector: FaceDetectorName = Field("haar", description="haar: OpenCV cascade; hog: dlib's HOG detector")
+    margin: float = Field(0.3, ge=0.0, le=2.0, description="added on each side, as a fraction of the box")
+    min_size: int = Field(40, ge=8, description="smallest face side in pixels of the picture")
+    detect_size: int = Field(
+        320, ge=0, le=4096, description="the detector sees the picture with its longer side scaled down to "
+        "this (0: full size); boxes are mapped back, crops come from the full picture")
+    select: Literal["largest", "all"] = Field("largest", description="largest face, or up to max_faces")
+    max_faces: int = Field(4, ge=1, le=32)
+
+
+class AggregationSpec(BaseModel):
+    """How per-frame scores become one video score (a frame's score is its most fake face)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rule: AggregationRule = "mean"
+    frames: int = Field(16, ge=1, le=1024, description="frames sampled per video by default")
+    fake_threshold: float = Field(0.8, gt=0.0, lt=1.0, description="confident: a frame this sure is fake")
+    real_threshold: float = Field(0.2, gt=0.0, lt=1.0, description="confident: a frame this sure is real")
+    topk: int = Field(3, ge=1, description="topk: mean of the k most fake frames")
 
 
 class ModelCard(BaseModel):
@@ -57,6 +88,8 @@ class ModelCard(BaseModel):
     )
     crop_pct: float = Field(0.875, gt=0.0, le=1.0)
     decode: DecodeMode = Field("full", description="reduced: JPEG DCT-scaled decode, >= 2x the resize target")
+    faces: FacesSpec | None = Field(None, description="crop faces first (None: score the whole picture)")
+    aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
 
     @model_validator(mode="after")
     def _positive_is_a_label(self) -> ModelCard:
@@ -223,6 +256,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--crop-pct", type=float, default=None, help="default: timm's for the architecture")
     create.add_argument("--interpolation", default=None, help="default: timm's for the architecture")
     create.add_argument("--decode", choices=("full", "reduced"), default="full")
+    create.add_argument("--faces", choices=("haar", "hog"), default=None, help="crop faces first")
+    create.add_argument("--face-margin", type=float, default=0.3)
+    create.add_argument("--aggregation", choices=("mean", "confident", "topk"), default="mean")
+    create.add_argument("--frames", type=int, default=16, help="frames sampled per video by default")
     create.add_argument("--name", default="deepdetect")
     create.add_argument("--version", default="1")
     inspect = sub.add_parser("inspect", help="print a checkpoint's card and digest")
@@ -252,6 +289,8 @@ def _run_create(args: argparse.Namespace) -> int:
         crop_pct=args.crop_pct,
         interpolation=args.interpolation,
         decode=args.decode,
+        faces=FacesSpec(detector=args.faces, margin=args.face_margin) if args.faces else None,
+        aggregation=AggregationSpec(rule=args.aggregation, frames=args.frames),
         name=args.name,
         version=args.version,
     )

@@ -106,6 +106,20 @@ class ServerSettings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb limit")
     max_batch_inputs: int = Field(64, ge=1, description="images in one v2 infer request")
 
+    # Video (video.py, decode_workers.py): off by default; every limit is checked before the work it guards
+    video_enabled: bool = Field(False, description="accept MP4/MOV, WebM/Matroska and AVI uploads")
+    max_video_mb: float = Field(50.0, gt=0, description="video bytes, refused before opening -> 413")
+    max_video_seconds: float = Field(600.0, gt=0, description="declared duration -> 422")
+    max_video_pixels: int = Field(1920 * 1080, ge=1, description="width x height of the video stream -> 422")
+    max_video_fps: float = Field(120.0, gt=0, description="declared frame rate -> 422")
+    max_video_streams: int = Field(4, ge=1, description="streams of any kind in the container -> 422")
+    video_decode_timeout_s: float = Field(
+        20.0, gt=0, description="wall time of one video's decode; the worker is killed past it -> 422")
+    max_video_frames: int = Field(32, ge=1, le=1024, description="frames sampled per video, at most")
+    video_workers: int = Field(2, ge=1, le=64, description="decode worker processes (killable)")
+    video_worker_memory_mb: int = Field(
+        2048, ge=256, description="address-space limit of a decode worker: a bomb kills only the worker")
+
     # Auth and tenants
     auth_mode: AuthMode = "none"
     api_key_file: Path | None = Field(
@@ -175,6 +189,10 @@ class ServerSettings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_video_bytes(self) -> int:
+        return int(self.max_video_mb * 1024 * 1024)
 
     @property
     def jobs_max_payload_bytes(self) -> int:

@@ -23,11 +23,15 @@ from .auth import ApiKeyAuth, NoAuth
 from .batcher import Batcher
 from .checkpoint import LoadedCheckpoint, ModelCard, check_card_matches, load_checkpoint
 from .config import ServerSettings
-from .errors import DeadlineExceeded, ModelNotFound, NotReady
-from .media import sniff
+from .decode_workers import DecodeWorkers
+from .errors import BadRequest, DeadlineExceeded, MediaTooLarge, ModelNotFound, NotReady, UnsupportedMediaType
+from .inputs import PictureInputs, picture_inputs, video_inputs
+from .judgement import face_body
+from .media import decode_rgb, open_image, sniff
 from .metrics import Metrics
 from .preprocess import Preprocessor
 from .runtimes.base import Runtime
+from .video import Container, VideoLimits, sniff_video
 
 if TYPE_CHECKING:
     from .runtimes.select import Selection
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("deepdetect.core")
 
 State = Literal["new", "loading", "ready", "draining", "stopped"]
+MediaKind = Literal["image", "video"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class Core:
         self._preprocess: Preprocessor | None = None
         self._batcher: Batcher[np.ndarray, float] | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self.video_workers: DecodeWorkers | None = None
         self.metrics.bind(depth=lambda: float(self._batcher.depth if self._batcher else 0),
                           ready=lambda: float(self.ready))
 
@@ -105,6 +111,10 @@ class Core:
                                         thread_name_prefix="deepdetect-decode")
         sizes = (1, s.max_batch_size) if self.detector.device_type == "cuda" else (1,)
         warm_s = await asyncio.to_thread(self.detector.warmup, s.warmup_batches, sizes)
+        if s.video_enabled:
+            self.video_workers = DecodeWorkers(s.video_workers, s.video_worker_memory_mb,
+                                               on_replace=self.metrics.decode_workers_replaced.inc)
+            await self.video_workers.start()
         self._batcher = Batcher(self.detector.predict, max_batch_size=s.max_batch_size,
                                 max_delay_ms=s.max_delay_ms, max_queue=s.max_queue, observer=self.metrics)
         await self._batcher.start()
@@ -153,6 +163,8 @@ class Core:
             await self._batcher.stop(grace_s)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.video_workers is not None:
+            await self.video_workers.stop()
         if self.detector is not None:
             self.detector.close()
             self.detector = None
@@ -171,21 +183,125 @@ class Core:
         if version is not None and self.card is not None and version != self.card.version:
             raise ModelNotFound(f"unknown version {version!r} of model {name!r}")
 
+    def classify(self, data: bytes) -> tuple[MediaKind, Container | None]:
+        """Image or video, from the bytes; 415/413/400 for what could never be scored, before any work."""
+        fmt = sniff_video(data)
+        if fmt is None:
+            sniff(data)
+            return "image", None
+        if not self.settings.video_enabled:
+            raise UnsupportedMediaType("video is not enabled on this server (video_enabled: false)")
+        if len(data) > self.settings.max_video_bytes:
+            limit = self.settings.max_video_bytes
+            raise MediaTooLarge(f"video is {len(data)} bytes, over the limit of {limit} (max_video_mb): "
+                                "refused before opening")
+        return "video", fmt
+
     def check_media(self, data: bytes) -> None:
-        """Refuse, before it is queued as a job, what `verdict` could never score (415, 400)."""
-        sniff(data)
+        """Refuse, before it is queued as a job, what `verdict` could never score (415, 413, 400)."""
+        self.classify(data)
+
+    def frames_for(self, params: Mapping[str, Any]) -> int:
+        """Frames to sample: the card's default, capped by `max_video_frames`; a request may ask fewer."""
+        if self.card is None:
+            raise NotReady("model is not loaded")
+        default = min(self.card.aggregation.frames, self.settings.max_video_frames)
+        raw = params.get("max_frames")
+        if raw is None or raw == "":
+            return default
+        try:
+            asked = int(raw)
+        except (TypeError, ValueError):
+            raise BadRequest(f"max_frames must be an integer, got {raw!r}") from None
+        if asked < 1:
+            raise BadRequest("max_frames must be at least 1")
+        return min(asked, default)
 
     def media_cost(self, data: bytes, params: Mapping[str, Any]) -> int:
         """Media units `verdict` will spend on this input, known before it runs (rate limits charge it)."""
-        return 1
+        kind, _ = self.classify(data)
+        return self.frames_for(params) if kind == "video" else 1
+
+    def video_limits(self) -> VideoLimits:
+        s = self.settings
+        return VideoLimits(s.max_video_seconds, s.max_video_pixels, s.max_video_fps, s.max_video_streams)
 
     async def verdict(self, data: bytes, params: Mapping[str, Any] | None = None,
                       timeout_s: float | None = None) -> Verdict:
-        """The detection entry point of /v1/detect and jobs: media bytes (+ parameters) -> verdict."""
-        [pred] = await self.predict([data], timeout_s=timeout_s)
-        body = {"label": pred.label, "score": pred.score, "threshold": self.threshold,
-                "model": {"name": self.settings.model_name, "digest": self.digest}}
-        return Verdict(body, cost=1)
+        """The detection entry point of /v1/detect, v2 and jobs: media bytes (+ parameters) -> verdict."""
+        params = params or {}
+        kind, fmt = self.classify(data)
+        if self.card is None:
+            raise NotReady("model is not ready" if self.state != "stopped" else "server is shutting down")
+        if kind == "image" and self.card.faces is None:  # the whole-picture path, batched as before
+            [pred] = await self.predict([data], timeout_s=timeout_s)
+            self.metrics.media.labels(media="image").inc()
+            body = {"label": pred.label, "score": pred.score, "threshold": self.threshold,
+                    "model": {"name": self.settings.model_name, "digest": self.digest}}
+            return Verdict(body, cost=1)
+        frames = self.frames_for(params) if kind == "video" else 1
+        timeout_s = timeout_s or self.settings.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                pictures = await self._pictures(kind, fmt, data, frames)
+                arrays = [arr for pic in pictures for _, arr in pic.inputs]
+                scores = await self._score(arrays) if arrays else []
+        except TimeoutError:
+            raise DeadlineExceeded(f"request took longer than {timeout_s:g}s: retry later") from None
+        body = face_body(pictures, scores, self.card, self.threshold, kind)
+        self._count(body)
+        body["model"] = {"name": self.settings.model_name, "digest": self.digest}
+        return Verdict(body, cost=len(pictures))
+
+    async def _pictures(self, kind: MediaKind, fmt: Container | None, data: bytes, frames: int
+                        ) -> list[PictureInputs]:
+        if self.state not in ("ready", "draining") or self._batcher is None or self._preprocess is None:
+            raise NotReady("model is not ready" if self.state != "stopped" else "server is shutting down")
+        self._batcher.reserve(frames).release()  # shed load before decoding: refuses when the queue is full
+        self.metrics.media.labels(media=kind).inc()
+        if kind == "image":
+            loop = asyncio.get_running_loop()
+            return [await loop.run_in_executor(self._pool, self._image_inputs, data)]
+        assert self.video_workers is not None and fmt is not None and self.card is not None
+        job = (video_inputs, (data, fmt, self.video_limits(), frames, self.card.model_dump_json()))
+        pictures, decoded, decode_s = await self.video_workers.run(job, self.settings.video_decode_timeout_s)
+        self.metrics.frames_decoded.inc(decoded)
+        self.metrics.decode_seconds.labels(media="video").observe(decode_s)
+        return pictures
+
+    def _image_inputs(self, data: bytes) -> PictureInputs:
+        started = time.perf_counter()
+        assert self.card is not None and self._preprocess is not None
+        rgb, _ = decode_rgb(open_image(data, self.settings.max_image_pixels))
+        pic = picture_inputs(np.asarray(rgb), self.card, self._preprocess)
+        self.metrics.decode_seconds.labels(media="image").observe(time.perf_counter() - started)
+        return pic
+
+    async def _score(self, arrays: list[np.ndarray]) -> list[float]:
+        """All crops of one request in one reservation: they join batches with every other request's."""
+        assert self._batcher is not None
+        reservation = self._batcher.reserve(len(arrays))
+        try:
+            return [float(x) for x in await reservation.submit(arrays)]
+        finally:
+            reservation.release()
+
+    def _count(self, body: dict[str, Any]) -> None:
+        self.metrics.frames_sampled.inc(body["frames_sampled"])
+        self.metrics.frames_with_face.inc(sum(1 for f in body["frames"] if f["faces"]))
+        label = body["label"] if body["outcome"] == "scored" else "no_face"
+        self.metrics.predictions.labels(label=label).inc()
+
+    async def predict_many(self, items: list[bytes]) -> list[Prediction | None]:
+        """v2 infer: plain images batched as one request; videos and face cards through `verdict` each
+        (None: no face was found)."""
+        if self.card is None:
+            raise NotReady("model is not ready")
+        if self.card.faces is None and all(self.classify(d)[0] == "image" for d in items):
+            return list(await self.predict(items))
+        verdicts = await asyncio.gather(*(self.verdict(d) for d in items))
+        return [Prediction(v.body["label"], v.body["score"]) if v.body["score"] is not None else None
+                for v in verdicts]
 
     async def predict(self, images: list[bytes], timeout_s: float | None = None) -> list[Prediction]:
         """Decode (thread pool), batch, infer; all within `timeout_s` (default `request_timeout_s`)."""

@@ -41,7 +41,24 @@ class ImageTooLarge(DeepDetectError):
 
 
 class UnsupportedMediaType(DeepDetectError):
-    """The bytes are not JPEG, PNG, WebP or GIF."""
+    """The bytes are not an accepted image or video type (or video is disabled, or it is a playlist)."""
+
+
+class MediaTooLarge(PayloadTooLarge):
+    """A video is over its byte limit (`max_video_mb`): refused before it is opened."""
+
+
+class CorruptVideo(BadRequest):
+    """The bytes claim to be a video but do not demux or decode (truncated, zero frames, lying header)."""
+
+
+class VideoRefused(DeepDetectError):
+    """A video over a limit its header declares: duration, pixels, frame rate, streams. Refused before
+    decoding."""
+
+
+class DecodeFailed(DeepDetectError):
+    """The decode worker ran past the decode deadline, or died (crash, memory limit): it was replaced."""
 
 
 class ModelNotFound(DeepDetectError):
@@ -116,6 +133,8 @@ HTTP_STATUS: dict[type[DeepDetectError], int] = {
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     ImageTooLarge: 422,
+    VideoRefused: 422,
+    DecodeFailed: 422,
     InferenceFailed: 500,
     StartupError: 500,
     NotReady: 503,

@@ -46,6 +46,18 @@ class Metrics:
         self.inflight = Gauge(f"{PREFIX}inflight_requests", "HTTP requests being served", registry=r)
         self.gpu_memory = Gauge(f"{PREFIX}gpu_memory_bytes", "CUDA memory allocated by this process",
                                 ["device"], registry=r)
+        # Media pipeline: faces found ratio = frames_with_face / frames_sampled
+        self.media = Counter(f"{PREFIX}media", "media scored, by type", ["media"], registry=r)
+        self.frames_decoded = Counter(f"{PREFIX}video_frames_decoded", "video frames decoded (sampled or "
+                                      "decoded on the way to a sample)", registry=r)
+        self.frames_sampled = Counter(f"{PREFIX}frames_sampled", "pictures judged: sampled frames and "
+                                      "images of face cards", registry=r)
+        self.frames_with_face = Counter(f"{PREFIX}frames_with_face",
+                                        "sampled pictures where a face was found", registry=r)
+        self.decode_seconds = Histogram(f"{PREFIX}decode_seconds", "decode time per item (a video: all its "
+                                        "samples)", ["media"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.decode_workers_replaced = Counter(f"{PREFIX}decode_workers_replaced", "video decode workers "
+                                               "killed (deadline, crash) and replaced", registry=r)
         # Tenants and limits: labelled by the API key's name, never the key.
         self.tenant_requests = Counter(f"{PREFIX}tenant_requests", "authenticated requests by tenant",
                                        ["tenant", "status"], registry=r)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .checkpoint import ModelCard
 from .media import decode_rgb, open_image
+
+if TYPE_CHECKING:  # the video decode workers import this module: they must not pay for torch
+    import torch
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -87,6 +90,11 @@ class Preprocessor:
         rgb, box = decode_rgb(img, draft)
         resized = rgb.resize(geo.size, self.resample, box=box)
         return self._place(np.asarray(resized), geo)
+
+    def from_rgb(self, rgb: Image.Image) -> np.ndarray:
+        """An already decoded RGB picture (a face crop, a video frame) -> the model's input array."""
+        geo = plan(self.card, *rgb.size)
+        return self._place(np.asarray(rgb.resize(geo.size, self.resample)), geo)
 
     def _place(self, arr: np.ndarray, geo: Geometry) -> np.ndarray:
         target = self.card.input_size

@@ -165,6 +165,27 @@ class ServerSpec(_Model):
     )
 
 
+class VideoLimitsSpec(_Model):
+    max_video_mb: int = Field(50, ge=1, le=1024, alias="maxVideoMB", description="video bytes (413)")
+    max_duration_seconds: int = Field(600, ge=1, le=86_400, description="declared duration (422)")
+    max_pixels: int = Field(1920 * 1080, ge=1, le=100_000_000, description="width x height (422)")
+    max_fps: int = Field(120, ge=1, le=1000, description="declared frame rate (422)")
+    max_streams: int = Field(4, ge=1, le=64, description="streams in the container (422)")
+    max_frames: int = Field(32, ge=1, le=1024, description="frames sampled per video, at most")
+    decode_timeout_seconds: int = Field(
+        20, ge=1, le=3600, description="decode wall time; the worker is killed past it (422); must not "
+        "exceed server.requestTimeoutSeconds")
+
+
+class MediaSpec(_Model):
+    video: bool = Field(False, description="accept video uploads (MP4/MOV, WebM/Matroska, AVI); see "
+                        "docs/operator.md for the resources a video pod needs")
+    decode_workers: int = Field(2, ge=1, le=64, description="video decode worker processes per pod")
+    worker_memory_mb: int = Field(2048, ge=256, le=65_536, alias="workerMemoryMB",
+                                  description="address-space limit of one decode worker")
+    limits: VideoLimitsSpec = Field(default_factory=VideoLimitsSpec)
+
+
 class AuthSpec(_Model):
     mode: Literal["apiKey", "none"] = Field("apiKey", description="apiKey: Authorization: Bearer <key>")
     secret_name: str = Field(
@@ -310,6 +331,14 @@ class DeepDetectServiceSpec(_Model):
     cache: CacheSpec = Field(default_factory=CacheSpec)
     rate_limits: RateLimitsSpec = Field(default_factory=RateLimitsSpec)
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    media: MediaSpec = Field(default_factory=MediaSpec)
+
+    @model_validator(mode="after")
+    def _decode_within_request(self) -> DeepDetectServiceSpec:
+        # Mirrors the CEL rule in crd.py: a decode deadline past the request's could never be reached.
+        if self.media.limits.decode_timeout_seconds > self.server.request_timeout_seconds:
+            raise ValueError("media.limits.decodeTimeoutSeconds must not exceed server.requestTimeoutSeconds")
+        return self
 
     @model_validator(mode="after")
     def _callbacks_signed(self) -> DeepDetectServiceSpec:

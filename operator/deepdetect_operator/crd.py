@@ -136,6 +136,17 @@ CEL_RULES += (
     ),
 )
 
+CEL_RULES += (
+    CelRule(
+        (),
+        "!has(self.media) || !has(self.media.limits) || !has(self.media.limits.decodeTimeoutSeconds)"
+        " || !has(self.server) || !has(self.server.requestTimeoutSeconds)"
+        " || self.media.limits.decodeTimeoutSeconds <= self.server.requestTimeoutSeconds",
+        "media.limits.decodeTimeoutSeconds must not exceed server.requestTimeoutSeconds",
+        ".media.limits.decodeTimeoutSeconds",
+    ),
+)
+
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},

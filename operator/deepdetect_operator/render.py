@@ -247,7 +247,25 @@ def render_server_config(inp: RenderInputs) -> dict[str, Any]:
     if _auth_enabled(spec):
         config["api_key_file"] = API_KEY_PATH
     config.update(_shared_state_config(inp))
+    config.update(_media_config(inp))
     return config
+
+
+def _media_config(inp: RenderInputs) -> dict[str, Any]:
+    """The video switch and the limits of config.yaml (rendered even when video is off: one shape)."""
+    media, limits = inp.spec.media, inp.spec.media.limits
+    return {
+        "video_enabled": media.video,
+        "video_workers": media.decode_workers,
+        "video_worker_memory_mb": media.worker_memory_mb,
+        "max_video_mb": limits.max_video_mb,
+        "max_video_seconds": limits.max_duration_seconds,
+        "max_video_pixels": limits.max_pixels,
+        "max_video_fps": limits.max_fps,
+        "max_video_streams": limits.max_streams,
+        "max_video_frames": limits.max_frames,
+        "video_decode_timeout_s": limits.decode_timeout_seconds,
+    }
 
 
 def render_config_yaml(inp: RenderInputs) -> str:

@@ -77,3 +77,28 @@ def test_jobs_bench_prints_table_and_ratios_line() -> None:
     assert re.match(r"^ratios: memory hit/miss=\d+\.\d\d job/detect=\d+\.\d\d "
                     r"redis hit/miss=\d+\.\d\d job/detect=\d+\.\d\d$", lines[-1]), lines[-1]
     assert [line.split()[0] for line in lines[-3:-1]] == ["memory", "redis"]
+
+
+def test_video_bench_prints_table_and_ratio_lines() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "video.py"), "--videos", "1",
+                           "--seconds", "2", "--fps", "12", "--frames", "4", "--requests", "2",
+                           "--concurrency", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    rows = [re.match(r"^(faces|whole-frame)\s+(server|naive)\s+[\d.]+\s+\d+\s+\d+$", x) for x in lines]
+    assert sorted((r.group(1), r.group(2)) for r in rows if r) == [
+        ("faces", "naive"), ("faces", "server"), ("whole-frame", "naive"), ("whole-frame", "server")], lines
+    assert re.match(r"^ratio server/naive videos/s \(faces card\): \d+\.\d\dx", lines[-3]), lines[-3]
+    assert re.match(r"^ratio server/naive videos/s \(whole-frame card\): \d+\.\d\dx", lines[-2]), lines[-2]
+    assert re.match(r"^ratio decode server/plain per video: \d+\.\d\dx", lines[-1]), lines[-1]
+
+
+def test_faces_bench_prints_both_detectors() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "faces.py")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = re.findall(r"^(haar|hog)\s+(full|320)\s+(\d+)\s+(\d+)\s+(\d+)\s+[\d.]+$", proc.stdout, re.M)
+    assert [(r[0], r[1]) for r in rows] == [("haar", "full"), ("haar", "320"), ("hog", "full"),
+                                            ("hog", "320")]
+    assert ("haar", "full", "1", "1", "0") in rows  # exactly the astronaut's face, nothing elsewhere

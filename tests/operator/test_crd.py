@@ -263,6 +263,10 @@ INVALID = [
     ("bad-tenant-rate", [("rateLimits.tenants", {"acme": {"media": "lots"}})], "media"),
     ("bad-cache-scope", [("cache.scope", "shared")], "scope"),
     ("jobs-zero-lease", [("jobs.leaseSeconds", 0)], "leaseSeconds"),
+    ("decode-past-request-timeout", [("server.requestTimeoutSeconds", 10),
+                                     ("media", {"video": True, "limits": {"decodeTimeoutSeconds": 30}})],
+     "decodeTimeoutSeconds"),
+    ("video-frames-zero", [("media", {"limits": {"maxFrames": 0}})], "maxFrames"),
     ("redis-prefix-hash-tag", [("redis", {"urlSecret": "r", "keyPrefix": "a{b}"})], "keyPrefix"),
 ]
 
@@ -300,6 +304,8 @@ VALID = [
                            ("rateLimits", {"requests": "10/second;600/minute", "media": "6000/minute",
                                            "tenants": {"vip": {"requests": "100/second"}}}),
                            ("cache", {"scope": "global", "ttlSeconds": 60})]),
+    ("video-on", [("media", {"video": True, "decodeWorkers": 4,
+                             "limits": {"maxVideoMB": 200, "decodeTimeoutSeconds": 30}})]),
     ("network-policy", [("networkPolicy", {"enabled": True, "ingressFrom": [
         {"namespaceSelector": {"matchLabels": {"team": "trust"}}}]})]),
 ]

@@ -194,6 +194,9 @@ CASES: dict[str, RenderInputs] = {
                      networkPolicy={"enabled": True},
                      model={"checkpoint": {"uri": "pvc://models/b4/model.safetensors", "sha256": HEX}})
     ),
+    "video": inputs(spec=spec_of(media={"video": True, "decodeWorkers": 3, "workerMemoryMB": 1024, "limits": {
+        "maxVideoMB": 100, "maxDurationSeconds": 120, "maxPixels": 1280 * 720, "maxFps": 60, "maxStreams": 2,
+        "maxFrames": 16, "decodeTimeoutSeconds": 10}})),
 }
 IDS = list(CASES)
 ALL = list(CASES.values())
@@ -300,6 +303,14 @@ def test_config_yaml_loads_in_server_settings(inp: RenderInputs, tmp_path: Path)
     else:
         assert settings.redis_url_file is None and settings.redis_key_prefix == ""
     assert settings.callback_allowed_hosts == (spec.jobs.callbacks.allowed_hosts if spec.jobs.enabled else [])
+    media, limits = spec.media, spec.media.limits
+    assert settings.video_enabled == media.video and settings.video_workers == media.decode_workers
+    assert settings.video_worker_memory_mb == media.worker_memory_mb
+    assert (settings.max_video_mb, settings.max_video_seconds, settings.max_video_pixels,
+            settings.max_video_fps, settings.max_video_streams, settings.max_video_frames,
+            settings.video_decode_timeout_s) == (
+        limits.max_video_mb, limits.max_duration_seconds, limits.max_pixels, limits.max_fps,
+        limits.max_streams, limits.max_frames, limits.decode_timeout_seconds)
 
 
 def test_config_keys_are_server_settings_fields() -> None:

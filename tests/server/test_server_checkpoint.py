@@ -114,6 +114,23 @@ def test_cli_create_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert shown["card"]["decode"] == "reduced" and shown["card"]["num_outputs"] == 1
 
 
+def test_cli_create_writes_the_faces_and_aggregation_blocks(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "faces.safetensors"
+    assert cli.main(["checkpoint", "create", "--arch", ARCH, "--input-size", "64", "--out", str(out),
+                     "--faces", "hog", "--face-margin", "0.5", "--aggregation", "topk", "--frames", "8"]) == 0
+    capsys.readouterr()
+    assert cli.main(["checkpoint", "inspect", str(out)]) == 0
+    card = json.loads(capsys.readouterr().out)["card"]
+    assert card["faces"]["detector"] == "hog" and card["faces"]["margin"] == 0.5
+    assert card["aggregation"]["rule"] == "topk" and card["aggregation"]["frames"] == 8
+    plain = tmp_path / "plain.safetensors"
+    assert cli.main(["checkpoint", "create", "--arch", ARCH, "--input-size", "64", "--out", str(plain)]) == 0
+    capsys.readouterr()
+    assert cli.main(["checkpoint", "inspect", str(plain)]) == 0
+    assert json.loads(capsys.readouterr().out)["card"]["faces"] is None  # whole picture, as before
+
+
 def test_cli_create_with_init_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import timm
 

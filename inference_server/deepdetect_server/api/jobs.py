@@ -56,7 +56,7 @@ def register(app: FastAPI, core: Core, services: Services) -> None:
         idem = idempotency_key(request)
         if services.limiter is not None:
             await services.limiter.admit(tenant)
-        data, fields = await read_upload(request, ("callback_url",))
+        data, fields = await read_upload(request, ("callback_url", "max_frames"))
         callback = fields.get("callback_url", "")
         if not data:
             raise BadRequest("no media: send multipart field 'file' or the media as the request body")
@@ -67,6 +67,8 @@ def register(app: FastAPI, core: Core, services: Services) -> None:
         if callback:
             services.callbacks.check(callback, tenant)
         params: dict[str, Any] = {}
+        if "max_frames" in fields:
+            params["max_frames"] = core.frames_for(fields)
         if services.limiter is not None:
             await services.limiter.charge_media(tenant, core.media_cost(data, params))
         new = NewJob(id=uuid.uuid4().hex, tenant=tenant, payload=data, params=params, callback_url=callback,

@@ -1,4 +1,7 @@
-"""POST /v1/detect: one image (multipart `file` or a raw body) -> one verdict."""
+"""POST /v1/detect: one image or video (multipart `file` or a raw body) -> one verdict.
+
+`max_frames` (query or form field) lowers the number of frames a video is sampled into.
+"""
 
 from __future__ import annotations
 
@@ -28,9 +31,10 @@ def register(app: FastAPI, core: Core, services: Services) -> None:
         tenant = authorize(request, core)
         if services.limiter is not None:
             await services.limiter.admit(tenant)  # before the body is read: refusing is cheap
-        data, _ = await read_upload(request)
+        data, fields = await read_upload(request, ("max_frames",))
         if not data:
-            raise BadRequest("no image: send multipart field 'file' or the image as the request body")
-        verdict, found = await services.score(data, {}, tenant)
+            raise BadRequest("no media: send multipart field 'file' or the media as the request body")
+        params = {"max_frames": core.frames_for(fields)} if "max_frames" in fields else {}
+        verdict, found = await services.score(data, params, tenant)
         body = {**verdict.body, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
         return JSONResponse(body, headers=cache_header(found))

@@ -1,10 +1,12 @@
 """KServe Open Inference Protocol v2 (REST), so standard v2 clients work unchanged.
 
-Input: one BYTES tensor of shape [N] (or [N, 1]); each element is one encoded image. In JSON, BYTES
+Input: one BYTES tensor of shape [N] (or [N, 1]); each element is one encoded image or video (video when
+the server enables it; each element is then judged like /v1/detect judges it). In JSON, BYTES
 elements are strings, so images travel base64-encoded (a `{"b64": ...}` object is accepted too). With the
 binary tensor data extension (header `Inference-Header-Content-Length`, `binary_data_size` on the input)
 elements are raw bytes, each prefixed by its 4-byte little-endian length, as tritonclient sends them.
-Outputs: `score` FP32 [N] and `label` BYTES [N], as JSON, or binary when the request asks for it
+Outputs: `score` FP32 [N] and `label` BYTES [N] (`no_face` with a null/NaN score when a face card found
+no face), as JSON, or binary when the request asks for it
 (`binary_data` on an output or `binary_data_output` on the request: tritonclient's default).
 """
 
@@ -139,7 +141,7 @@ def parse_request(
 
 
 def build_response(
-    core: Core, request: dict[str, Any], preds: list[Prediction], outputs: list[tuple[str, bool]]
+    core: Core, request: dict[str, Any], preds: list[Prediction | None], outputs: list[tuple[str, bool]]
 ) -> Response:
     assert core.card is not None
     body: dict[str, Any] = {"model_name": core.settings.model_name, "model_version": core.card.version}
@@ -149,11 +151,12 @@ def build_response(
     for name, as_binary in outputs:
         if name == "score":
             tensor: dict[str, Any] = {"name": "score", "datatype": "FP32", "shape": [len(preds)]}
-            values: list[Any] = [p.score for p in preds]
-            blob = struct.pack(f"<{len(preds)}f", *values)
+            # No face found: no score (null in JSON, NaN in binary), label "no_face"
+            values: list[Any] = [p.score if p is not None else None for p in preds]
+            blob = struct.pack(f"<{len(preds)}f", *(math.nan if v is None else v for v in values))
         else:
             tensor = {"name": "label", "datatype": "BYTES", "shape": [len(preds)]}
-            values = [p.label for p in preds]
+            values = [p.label if p is not None else "no_face" for p in preds]
             blob = b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in values)
         if as_binary:
             tensor["parameters"] = {"binary_data_size": len(blob)}
@@ -196,8 +199,8 @@ def register(app: FastAPI, core: Core, services: Services) -> None:
         infer_request, outputs, images = await asyncio.to_thread(
             parse_request, body, request.headers.get(HEADER_LENGTH), core.settings.max_batch_inputs)
         if services.limiter is not None:
-            await services.limiter.charge_media(tenant, len(images))
-        preds = await core.predict(images)
+            await services.limiter.charge_media(tenant, sum(core.media_cost(d, {}) for d in images))
+        preds = await core.predict_many(images)
         return build_response(core, infer_request, preds, outputs)
 
     @app.post("/v2/models/{name}/infer")
