@@ -79,11 +79,17 @@ def redact_uri(uri: str) -> str:
 
 
 async def resolve_checkpoint(
-    spec: CheckpointSpec, *, secret_data: dict[str, str] | None = None, timeout_s: float = 10.0
+    spec: CheckpointSpec,
+    *,
+    secret_data: dict[str, str] | None = None,
+    timeout_s: float = 10.0,
+    client: Any = None,
 ) -> ResolvedCheckpoint:
     """Resolve `spec` to a digest. A sha256 pin always wins: the pods verify the bytes against it.
 
-    `secret_data` is the decoded `data` of `credentialsSecret` (str values), or None.
+    `secret_data` is the decoded `data` of `credentialsSecret` (str values), or None. `client` is a shared
+    `httpx.AsyncClient` for http(s) (the operator's, see resolution.py); without one a client is built for
+    this call only (a TLS context and CA bundle each time: fine for one call, not for 1,000 CRs).
     """
     if spec.sha256:
         return ResolvedCheckpoint(digest=f"sha256:{spec.sha256}", source="pin")
@@ -93,7 +99,12 @@ async def resolve_checkpoint(
     if scheme == "file":
         return await _resolve_file(_file_path(uri))
     if scheme in ("http", "https"):
-        return await _resolve_http(uri, creds, timeout_s)
+        if client is None:
+            import httpx
+
+            async with httpx.AsyncClient(follow_redirects=True) as own:
+                return await _resolve_http(own, uri, creds, timeout_s)
+        return await _resolve_http(client, uri, creds, timeout_s)
     if scheme == "s3":
         return await _resolve_s3(uri, spec.s3_endpoint, creds, timeout_s)
     if scheme == "pvc":
@@ -178,28 +189,28 @@ def _normalise_etag(raw: str) -> str:
     return value.strip().strip('"')
 
 
-async def _resolve_http(uri: str, creds: dict[str, str], timeout_s: float) -> ResolvedCheckpoint:
+async def _resolve_http(client: Any, uri: str, creds: dict[str, str], timeout_s: float) -> ResolvedCheckpoint:
     import httpx
 
     headers, auth = _http_auth(creds)
+    # Credentials and timeout go on each request, not on the client: one pooled client serves every CR.
+    opts: dict[str, Any] = {"headers": headers, "timeout": httpx.Timeout(timeout_s)}
+    if auth is not None:
+        opts["auth"] = auth
     shown = redact_uri(uri)
-    timeout = httpx.Timeout(timeout_s)
-    async with httpx.AsyncClient(
-        timeout=timeout, follow_redirects=True, headers=headers, auth=auth
-    ) as client:
-        try:
-            published = await _published_sha256(client, _checksum_url(uri))
-            if published:
-                return ResolvedCheckpoint(digest=f"sha256:{published}", source="http-sha256")
-            resp = await _request(client, "HEAD", uri)
-            if resp.status_code in (405, 501):
-                # Some servers refuse HEAD: a streamed GET gives the same headers; close before the body.
-                async with client.stream("GET", uri) as streamed:
-                    resp = streamed
-        except httpx.TimeoutException:
-            raise CheckpointResolveError(f"timed out after {timeout_s:g}s asking {shown}") from None
-        except httpx.TransportError as exc:
-            raise CheckpointResolveError(f"cannot reach {shown}: {_transport_reason(exc)}") from None
+    try:
+        published = await _published_sha256(client, _checksum_url(uri), opts)
+        if published:
+            return ResolvedCheckpoint(digest=f"sha256:{published}", source="http-sha256")
+        resp = await _request(client, "HEAD", uri, opts)
+        if resp.status_code in (405, 501):
+            # Some servers refuse HEAD: a streamed GET gives the same headers; close before the body.
+            async with client.stream("GET", uri, **opts) as streamed:
+                resp = streamed
+    except httpx.TimeoutException:
+        raise CheckpointResolveError(f"timed out after {timeout_s:g}s asking {shown}") from None
+    except httpx.TransportError as exc:
+        raise CheckpointResolveError(f"cannot reach {shown}: {_transport_reason(exc)}") from None
     if resp.status_code >= 400:
         raise CheckpointResolveError(f"HEAD {shown}: HTTP {resp.status_code} {resp.reason_phrase}".rstrip())
     etag = resp.headers.get("etag")
@@ -219,14 +230,14 @@ async def _resolve_http(uri: str, creds: dict[str, str], timeout_s: float) -> Re
     )
 
 
-async def _request(client: Any, method: str, url: str) -> Any:
+async def _request(client: Any, method: str, url: str, opts: dict[str, Any]) -> Any:
     """One request with a small retry on connection errors and 5xx (a restarting server, a flaky LB)."""
     import httpx
 
     for attempt in range(_HTTP_ATTEMPTS):
         last = attempt == _HTTP_ATTEMPTS - 1
         try:
-            resp = await client.request(method, url)
+            resp = await client.request(method, url, **opts)
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
             if last:
                 raise
@@ -237,14 +248,14 @@ async def _request(client: Any, method: str, url: str) -> Any:
     raise AssertionError("unreachable")
 
 
-async def _published_sha256(client: Any, url: str) -> str | None:
+async def _published_sha256(client: Any, url: str, opts: dict[str, Any]) -> str | None:
     """The hex digest from `<uri>.sha256` when the server publishes one, else None."""
     import httpx
 
     for attempt in range(_HTTP_ATTEMPTS):
         last = attempt == _HTTP_ATTEMPTS - 1
         try:
-            async with client.stream("GET", url) as resp:
+            async with client.stream("GET", url, **opts) as resp:
                 if resp.status_code >= 500 and not last:
                     pass  # retried below
                 elif resp.status_code != 200:

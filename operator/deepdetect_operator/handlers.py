@@ -14,6 +14,7 @@ import kopf
 from deepdetect_operator import naming
 from deepdetect_operator.api import GROUP, PLURAL, VERSION
 from deepdetect_operator.kubeapi import kopf_login
+from deepdetect_operator.readcache import WATCHED_CHILDREN, CachingKubeAPI
 from deepdetect_operator.reconcile import OperatorConfig
 
 CHILD_LABELS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
@@ -30,6 +31,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await memo.reconciler.api.close()
+        await memo.reconciler.resolver.close()
 
     @kopf.on.probe(id="reconciles", registry=registry)
     def reconciles(memo: kopf.Memo, **_: Any) -> int:
@@ -55,6 +57,23 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     @kopf.on.delete(*CR, id="forget", registry=registry)
     async def deleted(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
         memo.reconciler.forget(namespace, name, uid)
+        if isinstance(memo.reconciler.api, CachingKubeAPI):
+            memo.reconciler.api.forget(namespace, name)
+
+    # Every watch event of a cached kind feeds the reconciler's read cache (readcache.py) first; async, so
+    # on the event loop with the reconciler (kopf runs sync handlers in worker threads).
+    @kopf.on.event(*CR, id="cache-cr", registry=registry)
+    async def cache_cr(type: str | None, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        _observer(memo)(type or "ADDED", dict(event["object"]))
+
+    for res in WATCHED_CHILDREN:
+        if res.plural == "deployments":
+            continue  # fed by the child-event handler below, before it triggers a pass
+
+        @kopf.on.event(res.group, res.version, res.plural, labels=CHILD_LABELS, id=f"cache-{res.plural}",
+                       registry=registry)  # fmt: skip
+        async def cache_child(type: str | None, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+            _observer(memo)(type or "ADDED", dict(event["object"]))
 
     @kopf.index(*CR, id="dds_by_instance", registry=registry)
     async def dds_by_instance(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[Any, Any]:
@@ -68,8 +87,14 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             dds_by_instance: kopf.Index[Any, Any],
             memo: kopf.Memo,
             logger: Any,
+            type: str | None,
+            event: kopf.RawEvent,
             **_: Any,
         ) -> None:
+            if not pods:
+                _observer(memo)(type or "ADDED", dict(event["object"]))
+            elif "pod_transitions" in memo and not memo.pod_transitions.changed(type, event["object"]):
+                return  # nothing the rollout reads moved (podfilter.py)
             await memo.reconciler.child_changed(namespace, labels, dds_by_instance, logger=logger, pods=pods)
 
     on_child_event("apps", "deployments", pods=False)
@@ -77,3 +102,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     on_child_event("batch", "jobs", pods=False)  # a validation Job finished: the gate opens or closes
 
     return registry
+
+
+def _observer(memo: kopf.Memo) -> Any:
+    """The read cache's `observe`, or a no-op for a reconciler built on a plain KubeAPI (unit use)."""
+    return getattr(memo.reconciler.api, "observe", lambda *_: None)

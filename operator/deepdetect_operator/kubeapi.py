@@ -97,6 +97,7 @@ HPAS = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodA
 PDBS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 SERVICEMONITORS = Resource("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor")
 NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 
 BY_KIND: dict[tuple[str, str], Resource] = {
     (r.api_version, r.kind): r
@@ -112,6 +113,7 @@ BY_KIND: dict[tuple[str, str], Resource] = {
         PDBS,
         SERVICEMONITORS,
         NETWORKPOLICIES,
+        LEASES,
     )
 }
 
@@ -303,6 +305,13 @@ class KubeAPI:
             "apply", "PATCH", path, params=params, body=obj, content_type=APPLY_CONTENT_TYPE
         )
         return result  # type: ignore[no-any-return]
+
+    async def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT with the object's resourceVersion: `Conflict` when someone wrote it since we read it."""
+        res = resource_of(obj)
+        meta = obj["metadata"]
+        path = res.path(meta.get("namespace"), meta["name"])
+        return await self._request("replace", "PUT", path, body=obj)  # type: ignore[no-any-return]
 
     async def delete(
         self, res: Resource, namespace: str | None, name: str, *, uid: str | None = None

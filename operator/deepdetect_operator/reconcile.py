@@ -48,7 +48,6 @@ from deepdetect_operator.checkpoints import (
     CheckpointResolveError,
     parse_duration,
     redact_uri,
-    resolve_checkpoint,
 )
 from deepdetect_operator.cli import flatten_validation_error
 from deepdetect_operator.kubeapi import (
@@ -67,6 +66,7 @@ from deepdetect_operator.kubeapi import (
     resource_of,
 )
 from deepdetect_operator.metrics import OperatorMetrics
+from deepdetect_operator.resolution import CheckpointResolver
 from deepdetect_operator.rollout import RolloutInput, RolloutOutcome, evaluate_rollout
 from deepdetect_operator.status import (
     REASON_APPLY_FAILED,
@@ -90,6 +90,9 @@ REPLICAS_HANDOVER_MANAGER = f"{FIELD_MANAGER}-replicas-handover"
 REASON_CHECKPOINT_UNRESOLVED = "CheckpointNotResolved"
 REASON_CHILD_CONFLICT = "ChildConflict"
 API_KEY_BYTES = 32
+# A forced resolution (creation, restart) accepts a result this fresh: 1,000 CRs created or resumed
+# together on one checkpoint then cost one request, not one per CR.
+FORCED_MAX_AGE_S = 10.0
 
 EventFn = Callable[[dict[str, Any], str, str, str], None]
 
@@ -246,6 +249,7 @@ class Reconciler:
         self._last_pass: dict[str, float] = {}
         self._last_resolve: dict[str, float] = {}
         self._sm_cache: tuple[bool, float] | None = None
+        self.resolver = CheckpointResolver(timeout_s=self.config.resolve_timeout_s, clock=clock)
         self.passes = 0  # completed passes (kopf's liveness probe reports it)
 
     # ------------------------------------------------------------ triggers
@@ -477,6 +481,9 @@ class Reconciler:
         if cand is not None and cand.digest and cand.state in ("Validating", "Failed"):
             resolved_digest = cand.digest  # the source's last answer was the candidate, not the serving one
         uri = redact_uri(ckpt.uri)
+        # A spec edit of a CR already resolved here asks the source afresh (in-flight answers still coalesce):
+        # with pollInterval 0 it is the only way new bytes at the same URI are ever seen.
+        spec_edit = uid in self._last_resolve and previous.observed_generation != meta.get("generation")
         due = (
             force_resolve
             or uid not in self._last_resolve
@@ -484,16 +491,19 @@ class Reconciler:
             or previous.observed_generation != meta.get("generation")
             or not previous.model.digest
         )
+        poll = parse_duration(ckpt.poll_interval)
         if not due:
-            poll = parse_duration(ckpt.poll_interval)
             due = poll > 0 and self.clock() - self._last_resolve[uid] >= poll
         resolved_now = False
         if due:
             self._last_resolve[uid] = self.clock()
             try:
-                resolved = await resolve_checkpoint(
-                    ckpt, secret_data=creds, timeout_s=self.config.resolve_timeout_s
-                )
+                max_age = FORCED_MAX_AGE_S if poll <= 0 else poll
+                if force_resolve:
+                    max_age = min(max_age, FORCED_MAX_AGE_S)
+                if spec_edit:
+                    max_age = 0.0
+                resolved = await self.resolver.resolve(ckpt, secret_data=creds, max_age_s=max_age)
             except CheckpointResolveError as exc:
                 resolved_digest = None
                 result.checkpoint = CheckpointResult(False, str(exc))

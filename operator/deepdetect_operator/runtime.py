@@ -13,18 +13,27 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
+import uuid
 from typing import Any
 
 import kopf
 
 from deepdetect_operator.api import DEFAULT_SERVER_IMAGE, GROUP
 from deepdetect_operator.handlers import build_registry
-from deepdetect_operator.kubeapi import KubeAPI
+from deepdetect_operator.kubeapi import KubeAPI, kopf_login
+from deepdetect_operator.leader import LeaderElector
 from deepdetect_operator.metrics import OperatorMetrics
+from deepdetect_operator.podfilter import PodTransitions
+from deepdetect_operator.readcache import WATCHED_CHILDREN, CachingKubeAPI
 from deepdetect_operator.reconcile import OperatorConfig, Reconciler
 
 FINALIZER = f"{GROUP}/finalizer"
 TIMER_EXIT_POLL_S = 1.0  # how often kopf re-checks a resync timer that must exit before a deletion
+LEASE_NAME = "deepdetect-operator"
+EXIT_LOST_LEADERSHIP = 3  # the kubelet restarts the container, which then waits as a standby
+
+log = logging.getLogger(__name__)
 
 
 def _env_list(name: str) -> list[str]:
@@ -71,6 +80,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="kopf peering name for HA (several replicas, one active); default: standalone",
     )
     parser.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    parser.add_argument(
+        "--leader-elect",
+        action="store_true",
+        default=os.environ.get("DEEPDETECT_LEADER_ELECT", "") in ("1", "true"),
+        help="run several replicas, one active: hold the coordination.k8s.io Lease to reconcile "
+        "(default: $DEEPDETECT_LEADER_ELECT)",
+    )
+    parser.add_argument(
+        "--leader-namespace",
+        default=os.environ.get("POD_NAMESPACE", "default"),
+        help="namespace of the Lease (default: $POD_NAMESPACE or 'default')",
+    )
+    parser.add_argument("--lease-seconds", type=_positive_int, default=15, help="Lease duration")
     parser.add_argument(
         "--liveness",
         default="http://0.0.0.0:8080/healthz",
@@ -130,8 +152,9 @@ def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.background.cancellation_polling = TIMER_EXIT_POLL_S
     # Only our children and pods: the API server filters, the operator never sees the rest of the cluster.
     managed = "app.kubernetes.io/managed-by=deepdetect-operator"
-    settings.watching.label_selectors["apps", "deployments"] = managed
     settings.watching.label_selectors["", "v1", "pods"] = managed
+    for res in WATCHED_CHILDREN:  # the read cache's watches (readcache.py)
+        settings.watching.label_selectors[res.group, res.version, res.plural] = managed
     # kopf's bookkeeping: annotations under our prefix, never spec, never our status fields.
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -152,12 +175,15 @@ def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
 
 
 def build_memo(config: OperatorConfig, metrics: OperatorMetrics | None = None) -> kopf.Memo:
-    api = KubeAPI(
+    api = CachingKubeAPI(
         request_timeout=config.request_timeout_s,
         connect_timeout=config.watch_connect_timeout_s,
         temporary_delay=config.retry_delay_s,
+        secret_ttl_s=config.resync_seconds / 2,  # a hand-rotated API key still rolls at the next resync
     )
-    return kopf.Memo(reconciler=Reconciler(api, config, metrics or OperatorMetrics()))
+    return kopf.Memo(
+        reconciler=Reconciler(api, config, metrics or OperatorMetrics()), pod_transitions=PodTransitions()
+    )
 
 
 async def run_operator(
@@ -193,6 +219,30 @@ def configure_logging(log_format: str, verbose: bool, quiet: bool = False) -> No
     kopf.configure(verbose=verbose, quiet=quiet, log_format=fmt, log_refkey=refkey)
 
 
+def make_elector(config: OperatorConfig, namespace: str, lease_s: int) -> LeaderElector:
+    api = KubeAPI(request_timeout=5.0, connect_timeout=config.watch_connect_timeout_s, retries=1)
+    kopf_login(api, settings=make_settings(config), logger=log)
+    # POD_NAME is unique per replica; the suffix keeps a restarted container from taking its old lease
+    # before the standby's view of it has expired.
+    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    return LeaderElector(
+        api, namespace=namespace, name=LEASE_NAME, identity=identity, lease_s=lease_s,
+        renew_deadline_s=lease_s * 2 / 3, renew_s=min(2.0, lease_s / 5), retry_s=2.0,
+    )  # fmt: skip
+
+
+async def run_elected(config: OperatorConfig, memo: kopf.Memo, elector: LeaderElector) -> bool:
+    """kopf only while this replica holds the Lease; False when the Lease was lost."""
+
+    async def work(stop: asyncio.Event) -> None:
+        await run_operator(config, memo=memo, stop_flag=stop)
+
+    try:
+        return await elector.run_while_leader(work)
+    finally:
+        await elector.api.close()
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     configure_logging(args.log_format, args.verbose, args.quiet)
@@ -200,6 +250,10 @@ def run(args: argparse.Namespace) -> int:
     if config.metrics_port:
         memo.reconciler.metrics.serve(config.metrics_port)
     try:
+        if args.leader_elect:
+            elector = make_elector(config, args.leader_namespace, args.lease_seconds)
+            held = asyncio.run(run_elected(config, memo, elector))
+            return 0 if held else EXIT_LOST_LEADERSHIP
         asyncio.run(run_operator(config, memo=memo))
     except KeyboardInterrupt:
         return 130

@@ -40,17 +40,21 @@ EXPECTED_CALLS: dict[tuple[str, str], set[str]] = {
     ("deepdetect.io", "deepdetectservices/status"): {"patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
-    ("", "services"): {"get", "create", "patch"},
-    ("", "configmaps"): {"get", "create", "patch"},
-    ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
-    ("autoscaling", "horizontalpodautoscalers"): {"get", "create", "patch", "delete"},
+    # list/watch on the children: the reconciler's read cache (readcache.py), fed by kopf's watches.
+    ("", "services"): {"get", "list", "watch", "create", "patch"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
+    ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
     ("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch", "delete"},
-    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "secrets"): {"get", "create"},
     ("", "pods"): {"list", "watch"},
     ("", "events"): {"create"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
+# Calls the read cache (readcache.py) makes only on a miss: a CR read before its first watch event reached
+# the cache (a child's event for a CR being deleted). A lifecycle never misses, a cluster can.
+CACHE_FALLBACK_CALLS = {("deepdetect.io", "deepdetectservices", "get")}
 CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"}
 DANGEROUS_VERBS = {"*", "escalate", "bind", "impersonate", "deletecollection"}
 KIND_TO_RESOURCE = {
@@ -425,4 +429,5 @@ async def test_rbac_equals_the_calls_the_running_operator_makes(
     observed = await run_operator_lifecycle(tmp_path)
     granted = rules_set(cluster_roles()["kustomize"])
     assert observed - granted == set(), f"called but not granted (a 403): {sorted(observed - granted)}"
-    assert granted - observed == set(), f"granted but never called: {sorted(granted - observed)}"
+    unused = granted - observed - CACHE_FALLBACK_CALLS
+    assert unused == set(), f"granted but never called: {sorted(unused)}"
